@@ -1,0 +1,618 @@
+"""ParquetTrackingStore: the append-only snapshot lake, its compaction and merge-on-read.
+
+Writes: rows go to a write-ahead log (acknowledged), then are published in batches
+as one Parquet file per batch into ``history/ingest_date=.../`` through the Ibis
+backend (staged outside the dataset, renamed in). ``compact()`` folds the history
+past the watermark into ``current/requested_date=.../part-0.parquet`` (one file per
+requested day, replaced by rename) and merges small history files. Reads: the
+compacted current state, anti-joined with the few snapshots newer than the
+watermark, which are kept decoded in memory between queries.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+import pyarrow as pa
+
+from ._errors import LakeCorruptError, LakeFormatError
+from ._lakefs import (
+    HistoryFile,
+    LakePaths,
+    WriteAheadLog,
+    history_name,
+    orphan_wals,
+    read_json,
+    read_wal_lines,
+    replace_dir,
+    write_json_atomic,
+    writer_lock,
+)
+from ._phone import HashKey
+from ._records import POLLABLE_STATUSES, RecordFilter, TrackingRecord
+from ._schema import (
+    CURRENT_PARTITION,
+    FORMAT_VERSION,
+    POLARS_SCHEMA,
+    PRECEDENCE_OFFSET,
+    SNAPSHOT_SCHEMA,
+    SnapshotKind,
+    dump_json,
+    record_to_row,
+    rows_to_table,
+)
+from ._store import BaseStore
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["CompactionReport", "ParquetTrackingStore"]
+
+log = logging.getLogger("kmsg_analytics.lake")
+
+_PENDING_BASE = 1 << 61  # provisional seq of rows not yet published (newer than any published)
+_HIVE = {CURRENT_PARTITION: pl.Date}
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionReport:
+    """What :meth:`ParquetTrackingStore.compact` did."""
+
+    snapshot_rows: int
+    partitions_rewritten: int
+    history_files_before: int
+    history_files_after: int
+    seconds: float
+
+
+def _key() -> pl.Expr:
+    """Which snapshot of a message is current: the highest seq, non-send beating send."""
+    return pl.col("seq") + pl.when(pl.col("snapshot_kind") == "send").then(0).otherwise(PRECEDENCE_OFFSET)
+
+
+def latest(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """The current snapshot of each message among ``frame``'s snapshots."""
+    k = _key()
+    return frame.filter(k == k.max().over("message_id"))
+
+
+class ParquetTrackingStore(BaseStore):
+    """A tracking store on a directory of hive-partitioned Parquet.
+
+    Parameters
+    ----------
+    path
+        The lake directory (created when missing).
+    backend
+        An Ibis backend that writes the Parquet files; a DuckDB connection by default.
+    hash_key
+        Key of the number hashes; see :func:`kmsg_analytics.resolve_hash_key`. A lake
+        remembers the key's id and refuses another key.
+    keep_numbers
+        Keep ``to``/``from_`` in clear (default ``False``: hash and mask only).
+    flush_rows, flush_seconds
+        Single sends are acknowledged through the write-ahead log and published in
+        batches of up to ``flush_rows`` rows or after ``flush_seconds``.
+    compact_rows
+        Fold automatically when this many snapshots wait past the watermark.
+    fsync
+        Also ``fsync`` the log on each acknowledgement (survives power loss; slower).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> lake = ParquetTrackingStore(tempfile.mkdtemp(), hash_key="doctest-key")
+    >>> lake.count_records(RecordFilter())
+    0
+    >>> lake.close()
+    """
+
+    _partitioned = True
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        backend: Any = None,
+        hash_key: HashKey | bytes | str | None = None,
+        keep_numbers: bool = False,
+        flush_rows: int = 50_000,
+        flush_seconds: float = 1.0,
+        compact_rows: int = 250_000,
+        fsync: bool = False,
+    ) -> None:
+        super().__init__(hash_key=hash_key, keep_numbers=keep_numbers)
+        self.paths = LakePaths(Path(path))
+        self._backend = backend
+        self._flush_rows = flush_rows
+        self._flush_seconds = flush_seconds
+        self._compact_rows = compact_rows
+        self._mutex = threading.RLock()
+        self._wal = WriteAheadLog(self.paths.wal, fsync=fsync)
+        self._pending: list[dict[str, Any]] = []
+        self._pending_since = 0.0
+        self._timer: threading.Timer | None = None
+        self._closed = False
+        self._initialized = False
+        # decoded snapshots past the watermark: (watermark, files read, rows)
+        self._cache_w = -1
+        self._cache_files: set[Path] = set()
+        self._cache_rows = pl.DataFrame(schema=POLARS_SCHEMA)
+        self._winners: pl.DataFrame | None = None
+        self.init()
+        _open_stores.add(self)
+
+    def __repr__(self) -> str:
+        return f"ParquetTrackingStore({str(self.paths.root)!r})"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def backend(self) -> Any:
+        """The Ibis backend that writes (a DuckDB connection unless one was given)."""
+        if self._backend is None:
+            import ibis
+
+            self._backend = ibis.duckdb.connect(threads=2)
+        return self._backend
+
+    def init(self) -> None:
+        """Create or open the lake, check its format and key, recover a dead writer's log."""
+        if self._initialized:
+            return
+        self.paths.create()
+        with writer_lock(self.paths):
+            manifest = read_json(self.paths.manifest, {})
+            if not manifest:
+                manifest = {
+                    "format": "kmsg-analytics-lake",
+                    "format_version": FORMAT_VERSION,
+                    "hash_key_id": self.hash_key.key_id,
+                    "created_at": datetime.now(UTC).isoformat(),
+                    "datasets": {"history": "ingest_date", "current": "requested_date"},
+                }
+                write_json_atomic(self.paths.manifest, manifest, self.paths.staging)
+            self._check_manifest(manifest)
+            self._recover()
+        self._initialized = True
+
+    def _check_manifest(self, manifest: dict[str, Any]) -> None:
+        version = manifest.get("format_version")
+        if manifest.get("format") != "kmsg-analytics-lake" or not isinstance(version, int):
+            msg = f"{self.paths.root} is not a kmsg-analytics lake (no valid _lake.json)"
+            raise LakeFormatError(msg)
+        if version > FORMAT_VERSION:
+            msg = (
+                f"{self.paths.root} has lake format {version}, newer than this kmsg-analytics "
+                f"understands ({FORMAT_VERSION}); upgrade with `pip install -U kmsg-analytics`"
+            )
+            raise LakeFormatError(msg)
+        if manifest.get("hash_key_id") != self.hash_key.key_id:
+            msg = (
+                f"{self.paths.root} was written with number-hash key {manifest.get('hash_key_id')!r}, "
+                f"but this store has key {self.hash_key.key_id!r}: set KMSG_ANALYTICS_HASH_KEY "
+                "(or pass hash_key=) to the lake's key, or number filters would match nothing"
+            )
+            raise LakeFormatError(msg)
+
+    def close(self) -> None:
+        """Publish what is pending and release the log; safe to call twice."""
+        with self._mutex:
+            if self._closed:
+                return
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self.flush()
+            self._wal.close()
+            self._closed = True
+        _open_stores.discard(self)
+
+    def __enter__(self) -> ParquetTrackingStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ state
+
+    def _state(self) -> dict[str, Any]:
+        return read_json(self.paths.state, {"seq": 0, "watermark": 0, "last_wal": None, "fold_date": None})
+
+    def _write_state(self, state: dict[str, Any]) -> None:
+        write_json_atomic(self.paths.state, state, self.paths.staging)
+
+    def _recover(self) -> dict[str, Any]:
+        """Under the writer lock: clear staging debris, reconcile the state, replay dead logs."""
+        for leftover in self.paths.staging.iterdir():
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+        state = self._state()
+        recent = self.paths.history_dirs()[-2:]
+        since = recent[0][0] if recent else None
+        for f in self.paths.history_files(since) if since else []:
+            if f.hi > state["seq"]:  # published, but we died before the state was written
+                state.update(seq=f.hi, last_wal=f.wal)
+        self._write_state(state)
+        for wal_id, path, _fd in orphan_wals(self.paths.wal, self._wal.id):
+            if wal_id != state.get("last_wal"):
+                rows = read_wal_lines(path)
+                if rows:
+                    log.warning("recovering %d acknowledged rows from %s", len(rows), path.name)
+                    state = self._publish_locked(rows_to_table(rows), wal_id, state)
+            path.unlink(missing_ok=True)
+        return state
+
+    # ------------------------------------------------------------------ writes
+
+    def upsert(self, record: TrackingRecord) -> None:
+        """Record one send snapshot; durable when this returns."""
+        self._buffer([record_to_row(record, kind="send", recorded_at=_now_micros())])
+
+    def upsert_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Record send snapshots already in lake form; durable when this returns."""
+        self._buffer(rows)
+
+    def append_snapshots(self, records: Sequence[TrackingRecord], *, kind: SnapshotKind = "poll") -> None:
+        """Append one snapshot per record and publish them as one file."""
+        if not records:
+            return
+        now = _now_micros()
+        with self._mutex:
+            self._buffer([record_to_row(r, kind=kind, recorded_at=now) for r in records], auto=False)
+            self.flush()
+
+    def append_table(self, table: pa.Table, *, kind: SnapshotKind = "load") -> None:
+        """Publish a validated Arrow table of lake rows as one batch (bulk loads)."""
+        if table.num_rows == 0:
+            return
+        now = pa.scalar(_now_micros(), pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+        n = table.num_rows
+        table = table.set_column(
+            SNAPSHOT_SCHEMA.get_field_index("snapshot_kind"), "snapshot_kind", pa.array([kind] * n, pa.string())
+        ).set_column(
+            SNAPSHOT_SCHEMA.get_field_index("recorded_at"),
+            "recorded_at",
+            pa.repeat(now, n) if hasattr(pa, "repeat") else pa.array([now.as_py()] * n, now.type),
+        )
+        with self._mutex:
+            self.flush()
+            with writer_lock(self.paths):
+                state = self._recover()
+                self._publish_locked(table, None, state)
+            self._maybe_compact()
+
+    def _buffer(self, rows: list[dict[str, Any]], *, auto: bool = True) -> None:
+        lines = [dump_json(r) for r in rows]
+        with self._mutex:
+            if self._closed:
+                msg = f"{self!r} is closed"
+                raise LakeFormatError(msg)
+            self._wal.append(lines)
+            if not self._pending:
+                self._pending_since = time.monotonic()
+            self._pending.extend(rows)
+            self._winners = None
+            if not auto:
+                return
+            if len(self._pending) >= self._flush_rows:
+                self.flush()
+            elif self._timer is None:
+                self._timer = threading.Timer(self._flush_seconds, self._timed_flush)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _timed_flush(self) -> None:
+        with self._mutex:
+            self._timer = None
+            if self._closed:
+                return
+            try:
+                self.flush()
+            except Exception:  # the rows stay in the log and are retried
+                log.exception("background flush of %s failed", self.paths.root)
+
+    def flush(self) -> None:
+        """Publish acknowledged rows waiting in the write-ahead log."""
+        with self._mutex:
+            if not self._pending:
+                return
+            table = rows_to_table(self._pending)
+            with writer_lock(self.paths):
+                state = self._recover()
+                self._publish_locked(table, self._wal.id, state, keep_cache=True)
+                self._wal.rotate()
+            self._pending = []
+            self._winners = None
+        self._maybe_compact()
+
+    def _publish_locked(
+        self, table: pa.Table, wal_id: str | None, state: dict[str, Any], *, keep_cache: bool = False
+    ) -> dict[str, Any]:
+        """Give ``table`` its sequence numbers and rename it into the history (lock held)."""
+        lo = state["seq"] + 1
+        hi = state["seq"] + table.num_rows
+        table = table.set_column(0, "seq", pa.array(range(lo, hi + 1), pa.int64()))
+        table = table.sort_by([("requested_at", "ascending"), ("seq", "ascending")])
+        day = datetime.now(UTC).date()
+        folder = self.paths.history / f"ingest_date={day.isoformat()}"
+        folder.mkdir(exist_ok=True)
+        staged = self.paths.staging_file()
+        self._write_parquet(table, staged)
+        final = folder / history_name(lo, hi, wal_id or None)
+        os.rename(staged, final)
+        state = {**state, "seq": hi, "last_wal": wal_id}
+        self._write_state(state)
+        if keep_cache and self._cache_w == state["watermark"]:
+            self._cache_rows = pl.concat([self._cache_rows, _frame(table)], how="vertical")
+            self._cache_files.add(final)
+        return state
+
+    def _write_parquet(self, table: pa.Table, path: Path) -> None:
+        """Write through the Ibis backend (DuckDB ``COPY`` by default)."""
+        import ibis
+
+        self.backend.to_parquet(ibis.memtable(table), str(path), compression="zstd")
+
+    # ------------------------------------------------------------------ reads
+
+    def _scan_current(self) -> pl.LazyFrame:
+        if not any(self.paths.current.glob("requested_date=*/part-0.parquet")):
+            return pl.LazyFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
+        return pl.scan_parquet(
+            str(self.paths.current / "**" / "*.parquet"),
+            hive_partitioning=True,
+            hive_schema=_HIVE,
+            missing_columns="insert",
+        )
+
+    def _refresh(self) -> tuple[int, pl.DataFrame]:
+        """The decoded snapshots past the watermark (published and pending), refreshed."""
+        state = self._state()
+        w = int(state["watermark"])
+        since = date.fromisoformat(state["fold_date"]) - timedelta(days=1) if state.get("fold_date") else None
+        files = [f for f in self.paths.history_files(since) if f.hi > w]
+        paths = {f.path for f in files}
+        if w != self._cache_w or not self._cache_files <= paths:
+            self._cache_w, self._cache_files = w, set()
+            self._cache_rows = pl.DataFrame(schema=POLARS_SCHEMA)
+            self._winners = None
+        new = [f for f in files if f.path not in self._cache_files]
+        if new:
+            fresh = _read_files([f.path for f in new]).filter(pl.col("seq") > w)
+            self._cache_rows = pl.concat([self._cache_rows, fresh], how="vertical")
+            self._cache_files.update(f.path for f in new)
+            self._winners = None
+        rows = self._cache_rows
+        if self._pending:
+            pending = _frame(rows_to_table(self._pending)).with_columns(
+                seq=pl.int_range(_PENDING_BASE, _PENDING_BASE + len(self._pending), dtype=pl.Int64)
+            )
+            rows = pl.concat([rows, pending], how="vertical")
+        return w, rows
+
+    def _delta(self) -> pl.DataFrame | None:
+        """Current state of every message that changed past the watermark (or ``None``)."""
+        with self._mutex:
+            _w, rows = self._refresh()
+            if rows.is_empty():
+                return None
+            if self._winners is not None:
+                return self._winners
+            last = latest(rows.lazy()).collect()
+            send_only = last.filter(pl.col("snapshot_kind") == "send")
+            if send_only.height:
+                days = send_only.select(pl.col("requested_at").dt.date().unique()).to_series().to_list()
+                prior = (
+                    self._scan_current()
+                    .filter(pl.col(CURRENT_PARTITION).is_in(days))
+                    .join(send_only.lazy().select("message_id"), on="message_id", how="semi")
+                    .filter(pl.col("snapshot_kind") != "send")
+                    .select(POLARS_SCHEMA.names())
+                    .collect()
+                )
+                if prior.height:
+                    last = pl.concat([last.join(prior.select("message_id"), on="message_id", how="anti"), prior])
+            self._winners = last.with_columns(pl.col("requested_at").dt.date().alias(CURRENT_PARTITION))
+            return self._winners
+
+    def current(self, flt: RecordFilter | None = None) -> pl.LazyFrame:
+        """Current records (all columns plus ``requested_date``) as a lazy query."""
+        base = self._scan_current()
+        delta = self._delta()
+        if delta is None:
+            return base
+        days = delta.get_column(CURRENT_PARTITION).unique().to_list()
+        ids = delta.lazy().select("message_id")
+        untouched = base.filter(~pl.col(CURRENT_PARTITION).is_in(days))
+        touched = base.filter(pl.col(CURRENT_PARTITION).is_in(days)).join(ids, on="message_id", how="anti")
+        return pl.concat([untouched, touched, delta.lazy()], how="vertical_relaxed")
+
+    def _open(self) -> pl.LazyFrame:
+        path = self.paths.open_file()
+        if path.exists():
+            base = pl.scan_parquet(path)
+        else:
+            base = pl.LazyFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
+        delta = self._delta()
+        if delta is None:
+            return base
+        open_delta = delta.filter(pl.col("status").is_in(POLLABLE_STATUSES))
+        return pl.concat(
+            [base.join(delta.lazy().select("message_id"), on="message_id", how="anti"), open_delta.lazy()],
+            how="vertical_relaxed",
+        )
+
+    def history(self) -> pl.LazyFrame:
+        """Every snapshot ever written (published ones), with ``ingest_date``."""
+        self.flush()
+        if not any(self.paths.history.glob("ingest_date=*/*.parquet")):
+            return pl.LazyFrame(schema={**POLARS_SCHEMA, "ingest_date": pl.Date})
+        return pl.scan_parquet(
+            str(self.paths.history / "**" / "*.parquet"),
+            hive_partitioning=True,
+            hive_schema={"ingest_date": pl.Date},
+        )
+
+    # ------------------------------------------------------------------ compaction
+
+    def _maybe_compact(self) -> None:
+        with self._mutex:
+            _w, rows = self._refresh()
+            if rows.height >= self._compact_rows:
+                self.compact(history=False)
+
+    def compact(self, *, history: bool = True, progress: Callable[[str], None] | None = None) -> CompactionReport:
+        """Fold snapshots into the current state and merge small history files.
+
+        History is kept: every snapshot stays in ``history/``; only files are merged.
+        Readers see either the old or the new files, never both, never half.
+        """
+        started = time.perf_counter()
+        with self._mutex:
+            self.flush()
+            with writer_lock(self.paths):
+                state = self._recover()
+                before = len(self.paths.history_files())
+                rows, rewritten, state = self._fold_locked(state, progress)
+                if history:
+                    self._merge_history_locked(state, progress)
+                after = len(self.paths.history_files())
+            self._cache_w = -1
+            self._winners = None
+        return CompactionReport(rows, rewritten, before, after, time.perf_counter() - started)
+
+    def _fold_locked(
+        self, state: dict[str, Any], progress: Callable[[str], None] | None
+    ) -> tuple[int, int, dict[str, Any]]:
+        w = int(state["watermark"])
+        files = [f for f in self.paths.history_files() if f.hi > w]
+        if not files:
+            return 0, 0, state
+        top = max(f.hi for f in files)
+        delta = _scan_files([f.path for f in files]).filter(pl.col("seq") > w)
+        days = sorted(
+            delta.select(pl.col("requested_at").dt.date().unique().alias("d")).collect().get_column("d").to_list()
+        )
+        n_rows = 0
+        open_parts: list[pl.DataFrame] = []
+        for i, day in enumerate(days):
+            if progress is not None:
+                progress(f"folding {day} ({i + 1}/{len(days)})")
+            target = self.paths.current_file(day)
+            parts = [delta.filter(pl.col("requested_at").dt.date() == day)]
+            if target.exists():
+                parts.insert(0, pl.scan_parquet(target))
+            merged = latest(pl.concat(parts, how="vertical_relaxed")).sort("requested_at").collect(engine="streaming")
+            n_rows += merged.height
+            staged = self.paths.staging_file()
+            self._write_parquet(merged.to_arrow(), staged)
+            target.parent.mkdir(exist_ok=True)
+            os.replace(staged, target)
+            open_parts.append(merged.filter(pl.col("status").is_in(POLLABLE_STATUSES)).with_columns(
+                pl.lit(day).alias(CURRENT_PARTITION)
+            ))
+        # the open set: untouched days keep their open rows, touched days bring theirs
+        old_open = self.paths.open_file()
+        kept = (
+            pl.read_parquet(old_open).filter(~pl.col(CURRENT_PARTITION).is_in(days))
+            if old_open.exists()
+            else None
+        )
+        frames = [f for f in [kept, *open_parts] if f is not None and f.height]
+        open_table = (
+            pl.concat(frames, how="vertical_relaxed")
+            if frames
+            else pl.DataFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
+        )
+        staged = self.paths.staging_file()
+        self._write_parquet(open_table.to_arrow(), staged)
+        os.replace(staged, old_open)
+        fold_date = max(f.ingest_date for f in files).isoformat()
+        state = {**state, "watermark": top, "fold_date": fold_date}
+        self._write_state(state)
+        return n_rows, len(days), state
+
+    def _merge_history_locked(self, state: dict[str, Any], progress: Callable[[str], None] | None) -> None:
+        """Merge each history partition's files into one (only rows at or below the watermark)."""
+        w = int(state["watermark"])
+        by_day: dict[date, list[HistoryFile]] = {}
+        for f in self.paths.history_files():
+            by_day.setdefault(f.ingest_date, []).append(f)
+        for day, files in sorted(by_day.items()):
+            if len(files) < 2 or any(f.hi > w for f in files):
+                continue
+            if progress is not None:
+                progress(f"merging history {day} ({len(files)} files)")
+            lo, hi = min(f.lo for f in files), max(f.hi for f in files)
+            newdir = self.paths.staging / f"hist-{day.isoformat()}"
+            newdir.mkdir()
+            table = _scan_files([f.path for f in files]).sort("seq").collect(engine="streaming").to_arrow()
+            self._write_parquet(table, newdir / history_name(lo, hi, None))
+            target = self.paths.history / f"ingest_date={day.isoformat()}"
+            replace_dir(newdir, target, self.paths.staging / f"trash-{day.isoformat()}")
+
+    # ------------------------------------------------------------------ files
+
+    def stats(self) -> dict[str, int]:
+        """File and row counts of the lake (for benchmarks and ``doctor``)."""
+        state = self._state()
+        return {
+            "history_files": len(self.paths.history_files()),
+            "current_files": sum(1 for _ in self.paths.current.glob("requested_date=*/part-0.parquet")),
+            "seq": int(state["seq"]),
+            "watermark": int(state["watermark"]),
+            "pending": len(self._pending),
+        }
+
+
+def _frame(table: pa.Table) -> pl.DataFrame:
+    out = pl.from_arrow(table)
+    assert isinstance(out, pl.DataFrame)
+    return out.cast(dict(POLARS_SCHEMA))  # type: ignore[arg-type]
+
+
+def _scan_files(paths: list[Path]) -> pl.LazyFrame:
+    return pl.scan_parquet([str(p) for p in paths], hive_partitioning=False).cast(dict(POLARS_SCHEMA))  # type: ignore[arg-type]
+
+
+def _read_files(paths: list[Path]) -> pl.DataFrame:
+    try:
+        return _scan_files(paths).collect()
+    except (pl.exceptions.ComputeError, OSError) as err:
+        msg = f"cannot read the lake's history files ({err}); run `kmsg-analytics doctor`"
+        raise LakeCorruptError(msg) from err
+
+
+def _now_micros() -> int:
+    return time.time_ns() // 1000
+
+
+_open_stores: weakref.WeakSet[ParquetTrackingStore] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:  # pragma: no cover - runs at interpreter exit
+    for store in list(_open_stores):
+        try:
+            store.close()
+        except Exception:
+            log.exception("could not publish pending rows of %s at exit", store)
+
+
+_ = json  # re-exported for type checkers of callers

@@ -1,0 +1,305 @@
+"""The lake on disk: layout, the writer lock, the state file, atomic publication and the WAL.
+
+Nothing here knows about records or queries; it moves files so that a reader never
+sees a half-written file and a killed writer leaves nothing visible behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from ._errors import LakeError
+
+__all__ = ["HistoryFile", "LakePaths", "WriteAheadLog"]
+
+log = logging.getLogger("kmsg_analytics.lake")
+
+#: ``b-<lo>-<hi>-<wal>.parquet`` (one published batch) or ``c-<lo>-<hi>.parquet`` (compacted).
+_HISTORY_NAME = re.compile(r"^([bc])-(\d{20})-(\d{20})(?:-([0-9a-f]{32}))?\.parquet$")
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryFile:
+    """A file of the snapshot history with the sequence range its name carries."""
+
+    path: Path
+    ingest_date: date
+    lo: int
+    hi: int
+    wal: str | None
+
+
+def history_name(lo: int, hi: int, wal: str | None) -> str:
+    """The file name of a history batch (``wal=None`` for a compacted file)."""
+    if wal is None:
+        return f"c-{lo:020d}-{hi:020d}.parquet"
+    return f"b-{lo:020d}-{hi:020d}-{wal}.parquet"
+
+
+class LakePaths:
+    """Where everything of one lake lives.
+
+    ``history/ingest_date=YYYY-MM-DD/`` every snapshot exactly once;
+    ``current/requested_date=YYYY-MM-DD/part-0.parquet`` latest snapshot per message
+    as of the watermark; ``open/part-0.parquet`` the non-terminal part of current;
+    ``_staging/`` files being written; ``_wal/`` acknowledged rows not yet published;
+    ``_lake.json`` format and key id; ``_state.json`` sequence and watermark.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.history = root / "history"
+        self.current = root / "current"
+        self.open = root / "open"
+        self.staging = root / "_staging"
+        self.wal = root / "_wal"
+        self.manifest = root / "_lake.json"
+        self.state = root / "_state.json"
+        self.lockfile = root / "_lock"
+
+    def create(self) -> None:
+        """Make the directories (idempotent)."""
+        for d in (self.history, self.current, self.open, self.staging, self.wal):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def current_file(self, day: date) -> Path:
+        """The single file of one current partition."""
+        return self.current / f"requested_date={day.isoformat()}" / "part-0.parquet"
+
+    def open_file(self) -> Path:
+        """The open-set file (non-terminal current records)."""
+        return self.open / "part-0.parquet"
+
+    def history_dirs(self, since: date | None = None) -> list[tuple[date, Path]]:
+        """History partitions, oldest first, optionally from ``since`` on."""
+        out: list[tuple[date, Path]] = []
+        try:
+            entries = list(os.scandir(self.history))
+        except FileNotFoundError:
+            return out
+        for entry in entries:
+            if entry.name.startswith("ingest_date=") and entry.is_dir():
+                try:
+                    day = date.fromisoformat(entry.name.split("=", 1)[1])
+                except ValueError:
+                    continue
+                if since is None or day >= since:
+                    out.append((day, Path(entry.path)))
+        out.sort()
+        return out
+
+    def history_files(self, since: date | None = None) -> list[HistoryFile]:
+        """History files (from ``since`` on), ordered by sequence."""
+        files: list[HistoryFile] = []
+        for day, folder in self.history_dirs(since):
+            for entry in os.scandir(folder):
+                m = _HISTORY_NAME.match(entry.name)
+                if m:
+                    files.append(HistoryFile(Path(entry.path), day, int(m[2]), int(m[3]), m[4]))
+        files.sort(key=lambda f: f.lo)
+        return files
+
+    def staging_file(self, suffix: str = ".parquet") -> Path:
+        """A fresh path in the staging folder (same filesystem as the datasets)."""
+        return self.staging / f"{uuid.uuid4().hex}{suffix}"
+
+
+# --------------------------------------------------------------------------- lock
+
+
+_thread_locks: dict[str, threading.RLock] = {}
+_thread_locks_guard = threading.Lock()
+
+
+@contextmanager
+def writer_lock(paths: LakePaths) -> Iterator[None]:
+    """Hold the lake's writer lock (an ``flock``, released by the kernel if we die)."""
+    key = str(paths.root.resolve())
+    with _thread_locks_guard:
+        tlock = _thread_locks.setdefault(key, threading.RLock())
+    with tlock:
+        fd = os.open(paths.lockfile, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+
+# --------------------------------------------------------------------------- small JSON files
+
+
+def read_json(path: Path, default: dict[str, Any]) -> dict[str, Any]:
+    """A small JSON document, or ``default`` when the file does not exist."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        return dict(default)
+    except ValueError as err:
+        msg = f"{path} is not valid JSON ({err}); run `kmsg-analytics doctor --lake {path.parent}`"
+        raise LakeError(msg) from err
+    if not isinstance(data, dict):
+        msg = f"{path} does not hold a JSON object"
+        raise LakeError(msg)
+    return data
+
+
+def write_json_atomic(path: Path, data: dict[str, Any], staging: Path) -> None:
+    """Replace ``path`` with ``data`` in one rename (readers see old or new, never half)."""
+    tmp = staging / f"{uuid.uuid4().hex}.json"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- directory exchange
+
+_libc: Any = None
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def exchange_dirs(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns ``False`` where the system cannot do it; the caller then falls back.
+    """
+    global _libc
+    if _libc is None:
+        name = ctypes.util.find_library("c")
+        _libc = ctypes.CDLL(name, use_errno=True) if name else False
+    if not _libc or not hasattr(_libc, "renameat2"):
+        return False
+    res = _libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if res == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
+def replace_dir(new: Path, target: Path, trash: Path) -> None:
+    """Put directory ``new`` where ``target`` is, atomically where the OS allows."""
+    if not target.exists():
+        os.rename(new, target)
+        return
+    if exchange_dirs(new, target):
+        shutil.rmtree(new, ignore_errors=True)
+        return
+    # fallback: a short window in which the partition is missing (never doubled)
+    os.rename(target, trash)
+    os.rename(new, target)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- write-ahead log
+
+
+class WriteAheadLog:
+    """Rows acknowledged to the caller but not yet published as Parquet.
+
+    One file per writer process, ``_wal/<id>.wal``, one JSON row per line, written
+    with a single ``write(2)`` per call so that a process killed at any moment
+    leaves only whole lines (a torn last line was never acknowledged). The owner
+    holds an ``flock`` on its file: a file nobody holds belongs to a dead writer
+    and is replayed by the next one.
+    """
+
+    def __init__(self, folder: Path, *, fsync: bool = False) -> None:
+        self.folder = folder
+        self.fsync = fsync
+        self.id: str | None = None
+        self._fd: int | None = None
+
+    def append(self, lines: list[str]) -> None:
+        """Append rows (already JSON text); durable against a killed process on return."""
+        if self._fd is None:
+            self.id = uuid.uuid4().hex
+            path = self.folder / f"{self.id}.wal"
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        data = ("\n".join(lines) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        if self.fsync:
+            os.fsync(self._fd)
+
+    def rotate(self) -> None:
+        """Drop the current file (its rows are published); the next append starts a new one."""
+        if self._fd is None:
+            return
+        path = self.folder / f"{self.id}.wal"
+        path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+        self.id = None
+
+    def close(self) -> None:
+        """Close without deleting (rows not published stay for recovery)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def orphan_wals(folder: Path, own: str | None) -> Iterator[tuple[str, Path, int]]:
+    """WAL files whose writer is gone, each yielded while we hold its lock.
+
+    Yields ``(wal_id, path, fd)``; the caller reads, publishes and deletes the file.
+    """
+    try:
+        entries = sorted(folder.glob("*.wal"))
+    except FileNotFoundError:
+        return
+    for path in entries:
+        wal_id = path.stem
+        if wal_id == own:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its writer is alive
+            yield wal_id, path, fd
+        finally:
+            os.close(fd)
+
+
+def read_wal_lines(path: Path) -> list[dict[str, Any]]:
+    """Whole JSON lines of a WAL file (a torn last line is ignored)."""
+    data = path.read_bytes()
+    rows: list[dict[str, Any]] = []
+    end = data.rfind(b"\n")
+    if end < 0:
+        return rows
+    for line in data[:end].split(b"\n"):
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            log.warning("skipping an unreadable line in %s", path)
+    return rows

@@ -1,0 +1,169 @@
+"""Bulk loading: a Polars or Arrow frame of records validated and turned into lake rows, vectorised."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from ._errors import InvalidRecordError
+from ._phone import HashKey
+from ._records import DEFAULT_RETENTION_CLASS, DELIVERY_STATUSES, MESSAGE_TYPES, RETENTION_CLASSES
+from ._schema import POLARS_SCHEMA, SNAPSHOT_SCHEMA
+
+__all__ = ["frame_to_table", "hash_numbers"]
+
+_TS = pl.Datetime("us", "UTC")
+_TIME_COLUMNS = (
+    "requested_at", "scheduled_at", "sent_at", "delivered_at", "failed_at",
+    "status_updated_at", "last_checked_at", "next_check_at",
+)  # fmt: skip
+_REQUIRED = ("message_id", "provider_id", "type", "requested_at", "status")
+_LOW, _HIGH = pl.datetime(2000, 1, 1, time_zone="UTC"), pl.datetime(2200, 1, 1, time_zone="UTC")
+
+
+def normalize_numbers(col: pl.Expr) -> pl.Expr:
+    """Vectorised twin of :func:`kmsg_analytics._phone.normalize_number` (``None`` when invalid)."""
+    compact = col.str.replace_all(r"[\s\-().]", "")
+    valid = compact.str.contains(r"^\+?[0-9]{3,20}$")
+    kr = (
+        pl.when(compact.str.starts_with("+820"))
+        .then(compact.str.slice(3))
+        .when(compact.str.starts_with("+82"))
+        .then(pl.lit("0") + compact.str.slice(3))
+        .when(compact.str.contains(r"^821") & (compact.str.len_chars() >= 11))
+        .then(pl.lit("0") + compact.str.slice(2))
+        .otherwise(compact)
+    )
+    return pl.when(valid).then(kr).otherwise(None)
+
+
+def mask_numbers(col: pl.Expr) -> pl.Expr:
+    """Vectorised twin of :func:`kmsg_analytics._phone.mask_number`."""
+    n = col.str.len_chars()
+    stars = pl.lit("*").repeat_by(n - 7).list.join("")
+    return (
+        pl.when(n <= 7)
+        .then(pl.lit("*").repeat_by(n).list.join(""))
+        .otherwise(col.str.slice(0, 3) + stars + col.str.slice(-4))
+    )
+
+
+def hash_numbers(normalized: pl.Series, key: HashKey) -> pl.Series:
+    """Keyed hashes of normalised numbers, computing each distinct number once."""
+    uniq = normalized.drop_nulls().unique()
+    secret = key._key
+    hashed = [hmac.digest(secret, v.encode(), "sha256").hex() for v in uniq.to_list()]
+    mapping = dict(zip(uniq.to_list(), hashed, strict=True))
+    return normalized.replace_strict(mapping, default=None, return_dtype=pl.String)
+
+
+def _first_bad(frame: pl.DataFrame, bad: pl.Expr, field: str, expected: str) -> None:
+    hit = frame.select(pl.col("message_id"), pl.col(field).alias("_v")).filter(bad).head(1)
+    if hit.height:
+        value, mid = hit.item(0, "_v"), hit.item(0, "message_id")
+        raise InvalidRecordError(f"{field} (message_id={mid!r})", value, expected)
+
+
+def _as_time(frame: pl.DataFrame, name: str) -> pl.Expr:
+    dtype = frame.schema[name]
+    col = pl.col(name)
+    if isinstance(dtype, pl.Datetime):
+        return (col.dt.replace_time_zone("UTC") if dtype.time_zone is None else col.dt.convert_time_zone("UTC")).dt.cast_time_unit("us")
+    if dtype.is_integer():
+        return pl.from_epoch(col, time_unit="ms").dt.replace_time_zone("UTC").dt.cast_time_unit("us")
+    if dtype == pl.String:
+        return col.str.to_datetime(time_zone="UTC", time_unit="us", strict=False)
+    if dtype == pl.Null:
+        return col.cast(_TS)
+    raise InvalidRecordError(name, str(dtype), "a datetime, epoch-millisecond integer or ISO string column")
+
+
+def frame_to_table(source: Any, key: HashKey, *, keep_numbers: bool) -> pa.Table:
+    """Validate a frame of records and return it as an Arrow table in lake form.
+
+    Raises :class:`InvalidRecordError` naming the column, the first bad value and its
+    ``message_id``.
+    """
+    if isinstance(source, pl.LazyFrame):
+        source = source.collect()
+    if isinstance(source, pa.Table):
+        source = pl.from_arrow(source)
+    if not isinstance(source, pl.DataFrame):
+        raise InvalidRecordError("frame", type(source).__name__, "a polars DataFrame/LazyFrame or a pyarrow Table")
+    frame = source.rename({"from": "from_"}) if "from" in source.columns else source
+    missing = [c for c in _REQUIRED if c not in frame.columns]
+    if "to" not in frame.columns and "to_hash" not in frame.columns:
+        missing.append("to (or to_hash)")
+    if missing:
+        raise InvalidRecordError("frame", sorted(frame.columns), "columns " + ", ".join(missing) + " as well")
+    for name in ("message_id", "provider_id", "type", "status"):
+        if frame.schema[name] != pl.String:
+            raise InvalidRecordError(name, str(frame.schema[name]), "a string column")
+    _first_bad(frame, pl.col("message_id").is_null() | (pl.col("message_id").str.strip_chars() == ""), "message_id", "a non-empty id")
+    _first_bad(frame, pl.col("provider_id").is_null() | (pl.col("provider_id") == ""), "provider_id", "a non-empty id")
+    _first_bad(frame, ~pl.col("status").is_in(DELIVERY_STATUSES) | pl.col("status").is_null(), "status", "one of " + ", ".join(DELIVERY_STATUSES))
+    _first_bad(frame, ~pl.col("type").is_in(MESSAGE_TYPES) | pl.col("type").is_null(), "type", "one of " + ", ".join(MESSAGE_TYPES))
+    if "retention_class" in frame.columns:
+        _first_bad(frame, ~pl.col("retention_class").is_in(RETENTION_CLASSES), "retention_class", "one of " + ", ".join(RETENTION_CLASSES))
+
+    times = {n: _as_time(frame, n) for n in _TIME_COLUMNS if n in frame.columns}
+    frame = frame.with_columns(**{f"__{n}": e for n, e in times.items()})
+    for n in times:
+        given = pl.col(n).is_not_null() & (pl.col(n).cast(pl.String) != "")
+        parsed = pl.col(f"__{n}")
+        bad = (given & parsed.is_null()) | (parsed.is_not_null() & ((parsed < _LOW) | (parsed >= _HIGH)))
+        if n == "requested_at":
+            bad = bad | parsed.is_null()
+        _first_bad(frame, bad, n, "a time between 2000-01-01 and 2200-01-01 (UTC)")
+    frame = frame.drop(list(times)).rename({f"__{n}": n for n in times})
+
+    cols: dict[str, pl.Expr] = {}
+    for number, prefix in (("to", "to"), ("from_", "from")):
+        if number in frame.columns and frame.schema[number] != pl.Null:
+            norm = f"__{prefix}_norm"
+            frame = frame.with_columns(normalize_numbers(pl.col(number)).alias(norm))
+            _first_bad(frame, pl.col(number).is_not_null() & pl.col(norm).is_null(), number, "a phone number of 3 to 20 digits")
+            frame = frame.with_columns(hash_numbers(frame.get_column(norm), key).alias(f"__{prefix}_hash"))
+            cols[f"{prefix}_hash"] = pl.col(f"__{prefix}_hash")
+            cols[f"{prefix}_masked"] = mask_numbers(pl.col(norm))
+    if "to_hash" not in cols:
+        _first_bad(frame, pl.col("to_hash").is_null() | (pl.col("to_hash") == ""), "to_hash", "the keyed hash of the number")
+    frame = frame.with_columns(**cols)
+
+    defaults: dict[str, pl.Expr] = {
+        "provider_message_id": pl.lit(""),
+        "status_updated_at": pl.col("requested_at"),
+        "next_check_at": pl.col("status_updated_at") if "status_updated_at" in frame.columns else pl.col("requested_at"),
+        "attempt_count": pl.lit(0),
+        "metadata": pl.lit("{}"),
+        "retention_class": pl.lit(DEFAULT_RETENTION_CLASS),
+        "to_masked": pl.lit(""),
+    }
+    fill = {n: e for n, e in defaults.items() if n not in frame.columns}
+    frame = frame.with_columns(**fill)
+    if frame.schema["metadata"] != pl.String:
+        frame = frame.with_columns(pl.col("metadata").struct.json_encode())
+    frame = frame.with_columns(
+        pl.col("provider_message_id").fill_null("").str.strip_chars(),
+        pl.col("metadata").fill_null("{}"),
+        pl.col("status_updated_at").fill_null(pl.col("requested_at")),
+        pl.col("next_check_at").fill_null(pl.col("status_updated_at").fill_null(pl.col("requested_at"))),
+        pl.col("attempt_count").fill_null(0),
+        retention_bucket_ym=(pl.col("requested_at").dt.year() * 100 + pl.col("requested_at").dt.month()).cast(pl.Int32),
+        seq=pl.lit(0, pl.Int64),
+        snapshot_kind=pl.lit("load"),
+        recorded_at=pl.col("status_updated_at"),
+    )
+    if not keep_numbers:
+        frame = frame.drop([c for c in ("to", "from_") if c in frame.columns])
+    _first_bad(frame, pl.col("attempt_count") < 0, "attempt_count", "a whole number >= 0")
+    out = frame.select(
+        [
+            (pl.col(n) if n in frame.columns else pl.lit(None)).cast(dtype).alias(n)
+            for n, dtype in POLARS_SCHEMA.items()
+        ]
+    )
+    return out.to_arrow().cast(SNAPSHOT_SCHEMA)

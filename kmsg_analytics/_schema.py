@@ -1,0 +1,205 @@
+"""The lake's columns, stated once as a pyarrow schema, and record <-> row conversion.
+
+A *row* is a plain dict in lake form: timestamps as integer microseconds since the
+epoch (UTC), ``last_error`` as ``{code, message}``, ``metadata`` and ``raw`` as JSON
+text. Rows are what the write-ahead log holds and what becomes Parquet.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, date, datetime
+from typing import Any, Final, Literal
+
+import polars as pl
+import pyarrow as pa
+
+from ._records import TrackingError, TrackingRecord
+
+__all__ = [
+    "FORMAT_VERSION",
+    "SNAPSHOT_SCHEMA",
+    "SnapshotKind",
+    "record_to_row",
+    "row_to_record",
+    "rows_to_table",
+]
+
+#: Bumped whenever the meaning or the columns of the lake change.
+FORMAT_VERSION: Final = 1
+
+#: Where a snapshot came from. A ``send`` snapshot never replaces a state that polling
+#: (or a load, or a patch) already reached: see :data:`PRECEDENCE_OFFSET`.
+SnapshotKind = Literal["send", "poll", "load", "patch"]
+SNAPSHOT_KINDS: Final = ("send", "poll", "load", "patch")
+
+_TS = pa.timestamp("us", tz="UTC")
+
+#: Every column of every lake dataset, in order (partition columns are not in files).
+SNAPSHOT_SCHEMA: Final = pa.schema(
+    [
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("snapshot_kind", pa.string(), nullable=False),
+        pa.field("recorded_at", _TS, nullable=False),
+        pa.field("message_id", pa.string(), nullable=False),
+        pa.field("provider_id", pa.string(), nullable=False),
+        pa.field("provider_message_id", pa.string(), nullable=False),
+        pa.field("type", pa.string(), nullable=False),
+        pa.field("to", pa.string()),
+        pa.field("from_", pa.string()),
+        pa.field("to_hash", pa.string(), nullable=False),
+        pa.field("to_masked", pa.string(), nullable=False),
+        pa.field("from_hash", pa.string()),
+        pa.field("from_masked", pa.string()),
+        pa.field("requested_at", _TS, nullable=False),
+        pa.field("scheduled_at", _TS),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("provider_status_code", pa.string()),
+        pa.field("provider_status_message", pa.string()),
+        pa.field("sent_at", _TS),
+        pa.field("delivered_at", _TS),
+        pa.field("failed_at", _TS),
+        pa.field("status_updated_at", _TS, nullable=False),
+        pa.field("attempt_count", pa.int32(), nullable=False),
+        pa.field("last_checked_at", _TS),
+        pa.field("next_check_at", _TS, nullable=False),
+        pa.field("last_error", pa.struct([("code", pa.string()), ("message", pa.string())])),
+        pa.field("raw", pa.string()),
+        pa.field("metadata", pa.string(), nullable=False),
+        pa.field("retention_class", pa.string(), nullable=False),
+        pa.field("retention_bucket_ym", pa.int32(), nullable=False),
+    ]
+)
+
+#: The same columns as Polars dtypes (what scans are cast to).
+POLARS_SCHEMA: Final = pl.Schema(pl.from_arrow(SNAPSHOT_SCHEMA.empty_table()).schema)
+
+#: The columns of a record, in the order of the frames ``list_records`` returns.
+RECORD_COLUMNS: Final = tuple(n for n in SNAPSHOT_SCHEMA.names if n not in ("seq", "snapshot_kind", "recorded_at"))
+
+HISTORY_PARTITION: Final = "ingest_date"
+CURRENT_PARTITION: Final = "requested_date"
+
+#: Added to ``seq`` of every non-``send`` snapshot when choosing the current state, so
+#: that a repeated send never moves a message back from a state polling reached.
+PRECEDENCE_OFFSET: Final = 1 << 62
+
+_TIME_FIELDS: Final = frozenset(
+    n for n in SNAPSHOT_SCHEMA.names if SNAPSHOT_SCHEMA.field(n).type == _TS and n != "recorded_at"
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_micros(value: datetime | None) -> int | None:
+    """Microseconds since the epoch of an aware datetime (``None`` stays ``None``)."""
+    if value is None:
+        return None
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(value: int | None) -> datetime | None:
+    """The aware UTC datetime of a microsecond timestamp."""
+    if value is None:
+        return None
+    return datetime.fromtimestamp(value / 1_000_000, tz=UTC).replace(microsecond=value % 1_000_000)
+
+
+def micros_date(value: int) -> date:
+    """The UTC date of a microsecond timestamp."""
+    return date.fromordinal(719_163 + value // 86_400_000_000)
+
+
+def dump_json(value: Any) -> str:
+    """Compact JSON text as the lake stores it."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def record_to_row(record: TrackingRecord, *, kind: SnapshotKind, recorded_at: int) -> dict[str, Any]:
+    """A :class:`TrackingRecord` as a lake row (``seq`` is given when published)."""
+    err = record.last_error
+    return {
+        "seq": 0,
+        "snapshot_kind": kind,
+        "recorded_at": recorded_at,
+        "message_id": record.message_id,
+        "provider_id": record.provider_id,
+        "provider_message_id": record.provider_message_id,
+        "type": record.type,
+        "to": record.to,
+        "from_": record.from_,
+        "to_hash": record.to_hash,
+        "to_masked": record.to_masked,
+        "from_hash": record.from_hash,
+        "from_masked": record.from_masked,
+        "requested_at": to_micros(record.requested_at),
+        "scheduled_at": to_micros(record.scheduled_at),
+        "status": record.status,
+        "provider_status_code": record.provider_status_code,
+        "provider_status_message": record.provider_status_message,
+        "sent_at": to_micros(record.sent_at),
+        "delivered_at": to_micros(record.delivered_at),
+        "failed_at": to_micros(record.failed_at),
+        "status_updated_at": to_micros(record.status_updated_at),
+        "attempt_count": record.attempt_count,
+        "last_checked_at": to_micros(record.last_checked_at),
+        "next_check_at": to_micros(record.next_check_at),
+        "last_error": None if err is None else {"code": err.code, "message": err.message},
+        "raw": None if record.raw is None else dump_json(record.raw),
+        "metadata": dump_json(dict(record.metadata)),
+        "retention_class": record.retention_class,
+        "retention_bucket_ym": record.retention_bucket_ym,
+    }
+
+
+def row_to_record(row: Mapping[str, Any]) -> TrackingRecord:
+    """A lake row (from a row dict or ``DataFrame.to_dicts()``) as a :class:`TrackingRecord`."""
+
+    def t(name: str) -> datetime | None:
+        value = row.get(name)
+        if value is None or isinstance(value, datetime):
+            return value
+        return from_micros(int(value))
+
+    err = row.get("last_error")
+    raw = row.get("raw")
+    return TrackingRecord(
+        message_id=row["message_id"],
+        provider_id=row["provider_id"],
+        provider_message_id=row["provider_message_id"],
+        type=row["type"],
+        to=row.get("to"),
+        from_=row.get("from_"),
+        to_hash=row["to_hash"],
+        to_masked=row["to_masked"],
+        from_hash=row.get("from_hash"),
+        from_masked=row.get("from_masked"),
+        requested_at=t("requested_at"),  # type: ignore[arg-type]
+        scheduled_at=t("scheduled_at"),
+        status=row["status"],
+        provider_status_code=row.get("provider_status_code"),
+        provider_status_message=row.get("provider_status_message"),
+        sent_at=t("sent_at"),
+        delivered_at=t("delivered_at"),
+        failed_at=t("failed_at"),
+        status_updated_at=t("status_updated_at"),  # type: ignore[arg-type]
+        attempt_count=int(row["attempt_count"]),
+        last_checked_at=t("last_checked_at"),
+        next_check_at=t("next_check_at"),  # type: ignore[arg-type]
+        last_error=None if err is None else TrackingError(err["code"], err["message"] or ""),
+        raw=None if raw is None else json.loads(raw),
+        metadata=json.loads(row["metadata"]),
+        retention_class=row["retention_class"],
+        retention_bucket_ym=int(row["retention_bucket_ym"]),
+    )
+
+
+def rows_to_table(rows: Sequence[Mapping[str, Any]] | Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Lake rows as an Arrow table with :data:`SNAPSHOT_SCHEMA`."""
+    return pa.Table.from_pylist(list(rows), schema=SNAPSHOT_SCHEMA)
+
+
+def empty_frame() -> pl.DataFrame:
+    """A frame with the lake's columns and no rows."""
+    return pl.DataFrame(schema=POLARS_SCHEMA)

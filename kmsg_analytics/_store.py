@@ -1,0 +1,257 @@
+"""The store interface every tracking store implements, and the in-memory store.
+
+A store keeps snapshots: every change to a message is a new row, and the current
+state of a message is its latest snapshot, except that a ``send`` snapshot never
+replaces a state reached by polling, a load or a patch (a repeated ``record_send``
+never moves a message backwards).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+import polars as pl
+import pyarrow as pa
+
+from . import _queries as q
+from ._phone import HashKey, mask_number, normalize_number, resolve_hash_key
+from ._records import POLLABLE_STATUSES, RecordFilter, TrackingRecord, coerce_time
+from ._schema import (
+    POLARS_SCHEMA,
+    RECORD_COLUMNS,
+    SnapshotKind,
+    record_to_row,
+    row_to_record,
+    rows_to_table,
+    to_micros,
+)
+
+__all__ = ["InMemoryTrackingStore", "TrackingStore"]
+
+
+@runtime_checkable
+class TrackingStore(Protocol):
+    """What :class:`DeliveryTrackingService` needs from a store."""
+
+    hash_key: HashKey
+    keep_numbers: bool
+
+    def init(self) -> None: ...
+    def upsert(self, record: TrackingRecord) -> None: ...
+    def append_snapshots(self, records: Sequence[TrackingRecord], *, kind: SnapshotKind = "poll") -> None: ...
+    def append_table(self, table: pa.Table, *, kind: SnapshotKind = "load") -> None: ...
+    def get(self, message_id: str) -> TrackingRecord | None: ...
+    def list_due(self, now: datetime, limit: int) -> list[TrackingRecord]: ...
+    def current(self, flt: RecordFilter | None = None) -> pl.LazyFrame: ...
+    def list_records(
+        self,
+        flt: RecordFilter,
+        limit: int,
+        offset: int = 0,
+        order_by: str = "requested_at",
+        order_direction: str = "desc",
+    ) -> pl.LazyFrame: ...
+    def count_records(self, flt: RecordFilter) -> int: ...
+    def count_by(self, flt: RecordFilter, group_by: Sequence[str]) -> pl.LazyFrame: ...
+    def patch(self, message_id: str, changes: Mapping[str, Any]) -> TrackingRecord | None: ...
+    def close(self) -> None: ...
+
+
+class BaseStore:
+    """Query methods shared by the stores, written once over :meth:`current`."""
+
+    hash_key: HashKey
+    keep_numbers: bool
+    _partitioned: bool = False
+
+    def __init__(self, *, hash_key: HashKey | bytes | str | None, keep_numbers: bool) -> None:
+        self.hash_key = resolve_hash_key(hash_key)
+        self.keep_numbers = bool(keep_numbers)
+
+    # the one thing a store must provide for reading
+    def current(self, flt: RecordFilter | None = None) -> pl.LazyFrame:  # pragma: no cover
+        raise NotImplementedError
+
+    def _predicate(self, flt: RecordFilter) -> pl.Expr:
+        return q.filter_expr(flt, self._hash_number, partitioned=self._partitioned)
+
+    def _hash_number(self, number: str, field: str) -> str:
+        return self.hash_key.hash_number(number, field=field)
+
+    def list_records(
+        self,
+        flt: RecordFilter,
+        limit: int,
+        offset: int = 0,
+        order_by: str = "requested_at",
+        order_direction: str = "desc",
+    ) -> pl.LazyFrame:
+        """Current records matching ``flt``, ordered and paged, as a lazy query."""
+        return q.list_records(
+            self.current(flt),
+            self._predicate(flt),
+            limit=limit,
+            offset=offset,
+            order_by=order_by,
+            order_direction=order_direction,
+        )
+
+    def count_records(self, flt: RecordFilter) -> int:
+        """How many current records match ``flt``."""
+        return q.count_records(self.current(flt), self._predicate(flt))
+
+    def count_by(self, flt: RecordFilter, group_by: Sequence[str]) -> pl.LazyFrame:
+        """Counts of current records per group, as a lazy query."""
+        return q.count_by(self.current(flt), self._predicate(flt), group_by)
+
+    def get(self, message_id: str) -> TrackingRecord | None:
+        """The current record of ``message_id``, or ``None``."""
+        rows = self.current(RecordFilter(message_id=message_id)).filter(pl.col("message_id") == message_id)
+        found = rows.select(RECORD_COLUMNS).collect().to_dicts()
+        return row_to_record(found[0]) if found else None
+
+    def list_due(self, now: datetime, limit: int) -> list[TrackingRecord]:
+        """Non-terminal records whose next check is due, earliest first (ties by id)."""
+        if limit <= 0:
+            return []
+        now = coerce_time(now, "now")
+        frame = (
+            self._open()
+            .filter(pl.col("status").is_in(POLLABLE_STATUSES) & (pl.col("next_check_at") <= now))
+            .select(RECORD_COLUMNS)
+            .sort(["next_check_at", "message_id"])
+            .head(limit)
+            .collect()
+        )
+        return [row_to_record(r) for r in frame.to_dicts()]
+
+    def _open(self) -> pl.LazyFrame:
+        return self.current()
+
+    def patch(self, message_id: str, changes: Mapping[str, Any]) -> TrackingRecord | None:
+        """Apply ``changes`` to the current record as a new ``patch`` snapshot."""
+        record = self.get(message_id)
+        if record is None:
+            return None
+        updated = replace(record, **dict(changes))
+        self.append_snapshots([updated], kind="patch")
+        return updated
+
+    def append_snapshots(self, records: Sequence[TrackingRecord], *, kind: SnapshotKind = "poll") -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def protect(self, record: TrackingRecord) -> TrackingRecord:
+        """Fill hashes and masks of the numbers and drop them unless numbers are kept."""
+        to_hash, to_masked = record.to_hash, record.to_masked
+        if record.to is not None:
+            norm = normalize_number(record.to, field="to")
+            to_hash, to_masked = self.hash_key.hash_normalized(norm), mask_number(norm)
+        from_hash, from_masked = record.from_hash, record.from_masked
+        if record.from_ is not None:
+            norm = normalize_number(record.from_, field="from_")
+            from_hash, from_masked = self.hash_key.hash_normalized(norm), mask_number(norm)
+        return replace(
+            record,
+            to=record.to if self.keep_numbers else None,
+            from_=record.from_ if self.keep_numbers else None,
+            to_hash=to_hash,
+            to_masked=to_masked,
+            from_hash=from_hash,
+            from_masked=from_masked,
+        )
+
+
+def wins(new_kind: str, old_kind: str | None) -> bool:
+    """Whether a snapshot of ``new_kind`` replaces a current state written as ``old_kind``."""
+    return old_kind is None or new_kind != "send" or old_kind == "send"
+
+
+class InMemoryTrackingStore(BaseStore):
+    """A tracking store that lives in this process only (the default of the service).
+
+    Parameters
+    ----------
+    hash_key
+        Key of the number hashes; see :func:`kmsg_analytics.resolve_hash_key`.
+    keep_numbers
+        Keep ``to``/``from_`` in clear beside their hash and mask (default ``False``).
+
+    Examples
+    --------
+    >>> store = InMemoryTrackingStore(hash_key="doctest-key")
+    >>> store.count_records(RecordFilter())
+    0
+    """
+
+    def __init__(self, *, hash_key: HashKey | bytes | str | None = None, keep_numbers: bool = False) -> None:
+        super().__init__(hash_key=hash_key, keep_numbers=keep_numbers)
+        self._lock = threading.RLock()
+        self._current: dict[str, dict[str, Any]] = {}
+        self._history: list[dict[str, Any]] = []
+        self._frame: pl.DataFrame | None = None
+        self._seq = 0
+
+    def __repr__(self) -> str:
+        return f"InMemoryTrackingStore(records={len(self._current)}, snapshots={len(self._history)})"
+
+    def init(self) -> None:
+        """Nothing to prepare; present for the store interface."""
+
+    def close(self) -> None:
+        """Nothing to release; present for the store interface."""
+
+    def _apply(self, rows: Iterable[dict[str, Any]]) -> None:
+        with self._lock:
+            for row in rows:
+                self._seq += 1
+                row["seq"] = self._seq
+                self._history.append(row)
+                old = self._current.get(row["message_id"])
+                if wins(row["snapshot_kind"], None if old is None else old["snapshot_kind"]):
+                    self._current[row["message_id"]] = row
+            self._frame = None
+
+    def upsert(self, record: TrackingRecord) -> None:
+        """Record a send snapshot."""
+        self._apply([record_to_row(record, kind="send", recorded_at=_now_micros())])
+
+    def append_snapshots(self, records: Sequence[TrackingRecord], *, kind: SnapshotKind = "poll") -> None:
+        """Append one snapshot per record, all at once."""
+        now = _now_micros()
+        self._apply([record_to_row(r, kind=kind, recorded_at=now) for r in records])
+
+    def append_table(self, table: pa.Table, *, kind: SnapshotKind = "load") -> None:
+        """Append validated lake rows (an Arrow table in lake form)."""
+        rows = table.to_pylist()
+        now = _now_micros()
+        for row in rows:
+            row["snapshot_kind"] = kind
+            row["recorded_at"] = now
+            for name, value in list(row.items()):
+                if isinstance(value, datetime):
+                    row[name] = to_micros(value)
+        self._apply(rows)
+
+    def current(self, flt: RecordFilter | None = None) -> pl.LazyFrame:
+        """Current records as a lazy frame (built once per change)."""
+        with self._lock:
+            if self._frame is None:
+                table = rows_to_table(self._current.values())
+                self._frame = pl.from_arrow(table, schema=POLARS_SCHEMA)  # type: ignore[assignment]
+            assert self._frame is not None
+            return self._frame.lazy()
+
+    def history(self) -> pl.LazyFrame:
+        """Every snapshot, in write order."""
+        with self._lock:
+            return pl.from_arrow(rows_to_table(self._history), schema=POLARS_SCHEMA).lazy()  # type: ignore[union-attr]
+
+
+def _now_micros() -> int:
+    import time
+
+    return time.time_ns() // 1000
