@@ -42,12 +42,12 @@ from ._lakefs import (
     writer_lock,
 )
 from ._phone import HashKey
+from ._queries import latest
 from ._records import POLLABLE_STATUSES, RecordFilter, TrackingRecord
 from ._schema import (
     CURRENT_PARTITION,
     FORMAT_VERSION,
     POLARS_SCHEMA,
-    PRECEDENCE_OFFSET,
     SNAPSHOT_SCHEMA,
     SnapshotKind,
     dump_json,
@@ -76,17 +76,6 @@ class CompactionReport:
     history_files_before: int
     history_files_after: int
     seconds: float
-
-
-def _key() -> pl.Expr:
-    """Which snapshot of a message is current: the highest seq, non-send beating send."""
-    return pl.col("seq") + pl.when(pl.col("snapshot_kind") == "send").then(0).otherwise(PRECEDENCE_OFFSET)
-
-
-def latest(frame: pl.LazyFrame) -> pl.LazyFrame:
-    """The current snapshot of each message among ``frame``'s snapshots."""
-    k = _key()
-    return frame.filter(k == k.max().over("message_id"))
 
 
 class ParquetTrackingStore(BaseStore):
@@ -260,28 +249,32 @@ class ParquetTrackingStore(BaseStore):
 
     # ------------------------------------------------------------------ writes
 
-    def upsert(self, record: TrackingRecord) -> None:
+    def upsert(self, record: TrackingRecord, *, recorded_at: int | None = None) -> None:
         """Record one send snapshot; durable when this returns."""
-        self._buffer([record_to_row(record, kind="send", recorded_at=_now_micros())])
+        self._buffer([record_to_row(record, kind="send", recorded_at=recorded_at or _now_micros())])
 
     def upsert_rows(self, rows: list[dict[str, Any]]) -> None:
         """Record send snapshots already in lake form; durable when this returns."""
         self._buffer(rows)
 
-    def append_snapshots(self, records: Sequence[TrackingRecord], *, kind: SnapshotKind = "poll") -> None:
+    def append_snapshots(
+        self, records: Sequence[TrackingRecord], *, kind: SnapshotKind = "poll", recorded_at: int | None = None
+    ) -> None:
         """Append one snapshot per record and publish them as one file."""
         if not records:
             return
-        now = _now_micros()
+        now = recorded_at or _now_micros()
         with self._mutex:
             self._buffer([record_to_row(r, kind=kind, recorded_at=now) for r in records], auto=False)
             self.flush()
 
-    def append_table(self, table: pa.Table, *, kind: SnapshotKind = "load") -> None:
+    def append_table(
+        self, table: pa.Table, *, kind: SnapshotKind = "load", recorded_at: int | None = None
+    ) -> None:
         """Publish a validated Arrow table of lake rows as one batch (bulk loads)."""
         if table.num_rows == 0:
             return
-        now = pa.scalar(_now_micros(), pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+        now = pa.scalar(recorded_at or _now_micros(), pa.int64()).cast(pa.timestamp("us", tz="UTC"))
         n = table.num_rows
         table = table.set_column(
             SNAPSHOT_SCHEMA.get_field_index("snapshot_kind"), "snapshot_kind", pa.array([kind] * n, pa.string())

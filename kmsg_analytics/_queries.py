@@ -16,9 +16,9 @@ import polars as pl
 
 from ._errors import InvalidRecordError
 from ._records import RecordFilter
-from ._schema import CURRENT_PARTITION, RECORD_COLUMNS
+from ._schema import CURRENT_PARTITION, PRECEDENCE_OFFSET, RECORD_COLUMNS
 
-__all__ = ["GROUP_FIELDS", "count_by", "count_records", "filter_expr", "list_records"]
+__all__ = ["GROUP_FIELDS", "count_by", "count_records", "filter_expr", "latest", "list_records"]
 
 #: What ``count_by`` can group by: record fields and requested-at time buckets.
 TIME_BUCKETS: Final = {
@@ -40,6 +40,25 @@ _CAMEL_GROUPS: Final = {"providerId": "provider_id", "providerStatusCode": "prov
 ORDER_FIELDS: Final = ("requested_at", "status_updated_at")
 
 HashFn = Callable[[str, str], str]
+
+
+def snapshot_key() -> pl.Expr:
+    """Which snapshot of a message is current: the highest seq, non-send beating send."""
+    return pl.col("seq") + pl.when(pl.col("snapshot_kind") == "send").then(0).otherwise(PRECEDENCE_OFFSET)
+
+
+def latest(snapshots: pl.LazyFrame) -> pl.LazyFrame:
+    """The current snapshot of each message among ``snapshots`` (window-max, no sort).
+
+    Examples
+    --------
+    >>> snaps = pl.LazyFrame({"message_id": ["a", "a", "a"], "seq": [1, 2, 3],
+    ...                       "snapshot_kind": ["send", "poll", "send"]})
+    >>> latest(snaps).collect().get_column("seq").to_list()
+    [2]
+    """
+    k = snapshot_key()
+    return snapshots.filter(k == k.max().over("message_id"))
 
 
 def filter_expr(flt: RecordFilter, hash_number: HashFn, *, partitioned: bool = False) -> pl.Expr:

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from ._errors import InvalidRecordError
 from ._loading import frame_to_table
+from ._runner import PollingMixin
 from ._records import (
     DEFAULT_RETENTION_CLASS,
     HookContext,
@@ -44,7 +45,7 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class DeliveryTrackingService:
+class DeliveryTrackingService(PollingMixin):
     """Records every send and answers questions about delivery.
 
     Parameters
@@ -65,7 +66,7 @@ class DeliveryTrackingService:
     >>> from kmsg_analytics import DeliveryTrackingService, InMemoryTrackingStore
     >>> class Gateway:
     ...     id = "solapi"
-    >>> svc = DeliveryTrackingService([Gateway()], store=InMemoryTrackingStore(hash_key="doctest"))
+    >>> svc = DeliveryTrackingService([Gateway()], store=InMemoryTrackingStore(hash_key="doctest-key"))
     >>> svc.record_send(
     ...     {"messageId": "m1", "timestamp": 1793491200000,
     ...      "options": {"type": "SMS", "to": "010-1234-5678"}},
@@ -203,7 +204,7 @@ class DeliveryTrackingService:
         """
         self.init()
         record = self.build_record(context, result)
-        self.store.upsert(record)
+        self.store.upsert(record, recorded_at=_micros(record.status_updated_at))
         return record
 
     def record_sends(
@@ -224,7 +225,7 @@ class DeliveryTrackingService:
             return 0
         now = _micros(self.clock())
         table = rows_to_table(record_to_row(r, kind="send", recorded_at=now) for r in records)
-        self.store.append_table(table, kind="send")
+        self.store.append_table(table, kind="send", recorded_at=now)
         return len(records)
 
     def load_records(self, frame: pl.DataFrame | pl.LazyFrame | pa.Table) -> int:
@@ -236,7 +237,7 @@ class DeliveryTrackingService:
         """
         self.init()
         table = frame_to_table(frame, self.store.hash_key, keep_numbers=self.store.keep_numbers)
-        self.store.append_table(table, kind="load")
+        self.store.append_table(table, kind="load", recorded_at=_micros(self.clock()))
         return int(table.num_rows)
 
     def load_record_objects(self, records: Iterable[TrackingRecord | Mapping[str, Any]]) -> int:
@@ -244,7 +245,8 @@ class DeliveryTrackingService:
         self.init()
         protected = [self.store.protect(coerce_record(r)) for r in records]  # type: ignore[attr-defined]
         now = _micros(self.clock())
-        self.store.append_table(rows_to_table(record_to_row(r, kind="load", recorded_at=now) for r in protected), kind="load")
+        table = rows_to_table(record_to_row(r, kind="load", recorded_at=now) for r in protected)
+        self.store.append_table(table, kind="load", recorded_at=now)
         return len(protected)
 
     # ------------------------------------------------------------------ queries

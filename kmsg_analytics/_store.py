@@ -41,9 +41,13 @@ class TrackingStore(Protocol):
     keep_numbers: bool
 
     def init(self) -> None: ...
-    def upsert(self, record: TrackingRecord) -> None: ...
-    def append_snapshots(self, records: Sequence[TrackingRecord], *, kind: SnapshotKind = "poll") -> None: ...
-    def append_table(self, table: pa.Table, *, kind: SnapshotKind = "load") -> None: ...
+    def upsert(self, record: TrackingRecord, *, recorded_at: int | None = None) -> None: ...
+    def append_snapshots(
+        self, records: Sequence[TrackingRecord], *, kind: SnapshotKind = "poll", recorded_at: int | None = None
+    ) -> None: ...
+    def append_table(self, table: pa.Table, *, kind: SnapshotKind = "load", recorded_at: int | None = None) -> None: ...
+    def history(self) -> pl.LazyFrame: ...
+    def current_as_of(self, moment: datetime) -> pl.LazyFrame: ...
     def get(self, message_id: str) -> TrackingRecord | None: ...
     def list_due(self, now: datetime, limit: int) -> list[TrackingRecord]: ...
     def current(self, flt: RecordFilter | None = None) -> pl.LazyFrame: ...
@@ -132,6 +136,14 @@ class BaseStore:
     def _open(self) -> pl.LazyFrame:
         return self.current()
 
+    def history(self) -> pl.LazyFrame:  # pragma: no cover
+        raise NotImplementedError
+
+    def current_as_of(self, moment: datetime) -> pl.LazyFrame:
+        """The current records as the store knew them at ``moment`` (by ``recorded_at``)."""
+        moment = coerce_time(moment, "as_of")
+        return q.latest(self.history().filter(pl.col("recorded_at") <= moment))
+
     def patch(self, message_id: str, changes: Mapping[str, Any]) -> TrackingRecord | None:
         """Apply ``changes`` to the current record as a new ``patch`` snapshot."""
         record = self.get(message_id)
@@ -141,7 +153,9 @@ class BaseStore:
         self.append_snapshots([updated], kind="patch")
         return updated
 
-    def append_snapshots(self, records: Sequence[TrackingRecord], *, kind: SnapshotKind = "poll") -> None:  # pragma: no cover
+    def append_snapshots(
+        self, records: Sequence[TrackingRecord], *, kind: SnapshotKind = "poll", recorded_at: int | None = None
+    ) -> None:  # pragma: no cover
         raise NotImplementedError
 
     def protect(self, record: TrackingRecord) -> TrackingRecord:
@@ -215,19 +229,21 @@ class InMemoryTrackingStore(BaseStore):
                     self._current[row["message_id"]] = row
             self._frame = None
 
-    def upsert(self, record: TrackingRecord) -> None:
+    def upsert(self, record: TrackingRecord, *, recorded_at: int | None = None) -> None:
         """Record a send snapshot."""
-        self._apply([record_to_row(record, kind="send", recorded_at=_now_micros())])
+        self._apply([record_to_row(record, kind="send", recorded_at=recorded_at or _now_micros())])
 
-    def append_snapshots(self, records: Sequence[TrackingRecord], *, kind: SnapshotKind = "poll") -> None:
+    def append_snapshots(
+        self, records: Sequence[TrackingRecord], *, kind: SnapshotKind = "poll", recorded_at: int | None = None
+    ) -> None:
         """Append one snapshot per record, all at once."""
-        now = _now_micros()
+        now = recorded_at or _now_micros()
         self._apply([record_to_row(r, kind=kind, recorded_at=now) for r in records])
 
-    def append_table(self, table: pa.Table, *, kind: SnapshotKind = "load") -> None:
+    def append_table(self, table: pa.Table, *, kind: SnapshotKind = "load", recorded_at: int | None = None) -> None:
         """Append validated lake rows (an Arrow table in lake form)."""
         rows = table.to_pylist()
-        now = _now_micros()
+        now = recorded_at or _now_micros()
         for row in rows:
             row["snapshot_kind"] = kind
             row["recorded_at"] = now
