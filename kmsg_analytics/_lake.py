@@ -191,7 +191,8 @@ class ParquetTrackingStore(BaseStore):
             raise LakeFormatError(msg)
         if manifest.get("hash_key_id") != self.hash_key.key_id:
             msg = (
-                f"{self.paths.root} was written with number-hash key {manifest.get('hash_key_id')!r}, "
+                f"{self.paths.root} was written with number-hash key "
+                f"{manifest.get('hash_key_id')!r}, "
                 f"but this store has key {self.hash_key.key_id!r}: set KMSG_ANALYTICS_HASH_KEY "
                 "(or pass hash_key=) to the lake's key, or number filters would match nothing"
             )
@@ -219,7 +220,9 @@ class ParquetTrackingStore(BaseStore):
     # ------------------------------------------------------------------ state
 
     def _state(self) -> dict[str, Any]:
-        return read_json(self.paths.state, {"seq": 0, "watermark": 0, "last_wal": None, "fold_date": None})
+        return read_json(
+            self.paths.state, {"seq": 0, "watermark": 0, "last_wal": None, "fold_date": None}
+        )
 
     def _write_state(self, state: dict[str, Any]) -> None:
         write_json_atomic(self.paths.state, state, self.paths.staging)
@@ -258,14 +261,20 @@ class ParquetTrackingStore(BaseStore):
         self._buffer(rows)
 
     def append_snapshots(
-        self, records: Sequence[TrackingRecord], *, kind: SnapshotKind = "poll", recorded_at: int | None = None
+        self,
+        records: Sequence[TrackingRecord],
+        *,
+        kind: SnapshotKind = "poll",
+        recorded_at: int | None = None,
     ) -> None:
         """Append one snapshot per record and publish them as one file."""
         if not records:
             return
         now = recorded_at or _now_micros()
         with self._mutex:
-            self._buffer([record_to_row(r, kind=kind, recorded_at=now) for r in records], auto=False)
+            self._buffer(
+                [record_to_row(r, kind=kind, recorded_at=now) for r in records], auto=False
+            )
             self.flush()
 
     def append_table(
@@ -277,7 +286,9 @@ class ParquetTrackingStore(BaseStore):
         now = pa.scalar(recorded_at or _now_micros(), pa.int64()).cast(pa.timestamp("us", tz="UTC"))
         n = table.num_rows
         table = table.set_column(
-            SNAPSHOT_SCHEMA.get_field_index("snapshot_kind"), "snapshot_kind", pa.array([kind] * n, pa.string())
+            SNAPSHOT_SCHEMA.get_field_index("snapshot_kind"),
+            "snapshot_kind",
+            pa.array([kind] * n, pa.string()),
         ).set_column(
             SNAPSHOT_SCHEMA.get_field_index("recorded_at"),
             "recorded_at",
@@ -335,7 +346,12 @@ class ParquetTrackingStore(BaseStore):
         self._maybe_compact()
 
     def _publish_locked(
-        self, table: pa.Table, wal_id: str | None, state: dict[str, Any], *, keep_cache: bool = False
+        self,
+        table: pa.Table,
+        wal_id: str | None,
+        state: dict[str, Any],
+        *,
+        keep_cache: bool = False,
     ) -> dict[str, Any]:
         """Give ``table`` its sequence numbers and rename it into the history (lock held)."""
         lo = state["seq"] + 1
@@ -378,7 +394,11 @@ class ParquetTrackingStore(BaseStore):
         """The decoded snapshots past the watermark (published and pending), refreshed."""
         state = self._state()
         w = int(state["watermark"])
-        since = date.fromisoformat(state["fold_date"]) - timedelta(days=1) if state.get("fold_date") else None
+        since = (
+            date.fromisoformat(state["fold_date"]) - timedelta(days=1)
+            if state.get("fold_date")
+            else None
+        )
         files = [f for f in self.paths.history_files(since) if f.hi > w]
         paths = {f.path for f in files}
         if w != self._cache_w or not self._cache_files <= paths:
@@ -410,7 +430,11 @@ class ParquetTrackingStore(BaseStore):
             last = latest(rows.lazy()).collect()
             send_only = last.filter(pl.col("snapshot_kind") == "send")
             if send_only.height:
-                days = send_only.select(pl.col("requested_at").dt.date().unique()).to_series().to_list()
+                days = (
+                    send_only.select(pl.col("requested_at").dt.date().unique())
+                    .to_series()
+                    .to_list()
+                )
                 prior = (
                     self._scan_current()
                     .filter(pl.col(CURRENT_PARTITION).is_in(days))
@@ -420,8 +444,12 @@ class ParquetTrackingStore(BaseStore):
                     .collect()
                 )
                 if prior.height:
-                    last = pl.concat([last.join(prior.select("message_id"), on="message_id", how="anti"), prior])
-            self._winners = last.with_columns(pl.col("requested_at").dt.date().alias(CURRENT_PARTITION))
+                    last = pl.concat(
+                        [last.join(prior.select("message_id"), on="message_id", how="anti"), prior]
+                    )
+            self._winners = last.with_columns(
+                pl.col("requested_at").dt.date().alias(CURRENT_PARTITION)
+            )
             return self._winners
 
     def current(self, flt: RecordFilter | None = None) -> pl.LazyFrame:
@@ -433,7 +461,9 @@ class ParquetTrackingStore(BaseStore):
         days = delta.get_column(CURRENT_PARTITION).unique().to_list()
         ids = delta.lazy().select("message_id")
         untouched = base.filter(~pl.col(CURRENT_PARTITION).is_in(days))
-        touched = base.filter(pl.col(CURRENT_PARTITION).is_in(days)).join(ids, on="message_id", how="anti")
+        touched = base.filter(pl.col(CURRENT_PARTITION).is_in(days)).join(
+            ids, on="message_id", how="anti"
+        )
         return pl.concat([untouched, touched, delta.lazy()], how="vertical_relaxed")
 
     def _open(self) -> pl.LazyFrame:
@@ -447,7 +477,10 @@ class ParquetTrackingStore(BaseStore):
             return base
         open_delta = delta.filter(pl.col("status").is_in(POLLABLE_STATUSES))
         return pl.concat(
-            [base.join(delta.lazy().select("message_id"), on="message_id", how="anti"), open_delta.lazy()],
+            [
+                base.join(delta.lazy().select("message_id"), on="message_id", how="anti"),
+                open_delta.lazy(),
+            ],
             how="vertical_relaxed",
         )
 
@@ -470,7 +503,9 @@ class ParquetTrackingStore(BaseStore):
             if rows.height >= self._compact_rows:
                 self.compact(history=False)
 
-    def compact(self, *, history: bool = True, progress: Callable[[str], None] | None = None) -> CompactionReport:
+    def compact(
+        self, *, history: bool = True, progress: Callable[[str], None] | None = None
+    ) -> CompactionReport:
         """Fold snapshots into the current state and merge small history files.
 
         History is kept: every snapshot stays in ``history/``; only files are merged.
@@ -500,7 +535,10 @@ class ParquetTrackingStore(BaseStore):
         top = max(f.hi for f in files)
         delta = _scan_files([f.path for f in files]).filter(pl.col("seq") > w)
         days = sorted(
-            delta.select(pl.col("requested_at").dt.date().unique().alias("d")).collect().get_column("d").to_list()
+            delta.select(pl.col("requested_at").dt.date().unique().alias("d"))
+            .collect()
+            .get_column("d")
+            .to_list()
         )
         n_rows = 0
         open_parts: list[pl.DataFrame] = []
@@ -511,15 +549,21 @@ class ParquetTrackingStore(BaseStore):
             parts = [delta.filter(pl.col("requested_at").dt.date() == day)]
             if target.exists():
                 parts.insert(0, pl.scan_parquet(target))
-            merged = latest(pl.concat(parts, how="vertical_relaxed")).sort("requested_at").collect(engine="streaming")
+            merged = (
+                latest(pl.concat(parts, how="vertical_relaxed"))
+                .sort("requested_at")
+                .collect(engine="streaming")
+            )
             n_rows += merged.height
             staged = self.paths.staging_file()
             self._write_parquet(merged.to_arrow(), staged)
             target.parent.mkdir(exist_ok=True)
             os.replace(staged, target)
-            open_parts.append(merged.filter(pl.col("status").is_in(POLLABLE_STATUSES)).with_columns(
-                pl.lit(day).alias(CURRENT_PARTITION)
-            ))
+            open_parts.append(
+                merged.filter(pl.col("status").is_in(POLLABLE_STATUSES)).with_columns(
+                    pl.lit(day).alias(CURRENT_PARTITION)
+                )
+            )
         # the open set: untouched days keep their open rows, touched days bring theirs
         old_open = self.paths.open_file()
         kept = (
@@ -541,7 +585,9 @@ class ParquetTrackingStore(BaseStore):
         self._write_state(state)
         return n_rows, len(days), state
 
-    def _merge_history_locked(self, state: dict[str, Any], progress: Callable[[str], None] | None) -> None:
+    def _merge_history_locked(
+        self, state: dict[str, Any], progress: Callable[[str], None] | None
+    ) -> None:
         """Merge each history partition's files into one (only rows at or below the watermark)."""
         w = int(state["watermark"])
         by_day: dict[date, list[HistoryFile]] = {}
@@ -555,7 +601,12 @@ class ParquetTrackingStore(BaseStore):
             lo, hi = min(f.lo for f in files), max(f.hi for f in files)
             newdir = self.paths.staging / f"hist-{day.isoformat()}"
             newdir.mkdir()
-            table = _scan_files([f.path for f in files]).sort("seq").collect(engine="streaming").to_arrow()
+            table = (
+                _scan_files([f.path for f in files])
+                .sort("seq")
+                .collect(engine="streaming")
+                .to_arrow()
+            )
             self._write_parquet(table, newdir / history_name(lo, hi, None))
             target = self.paths.history / f"ingest_date={day.isoformat()}"
             replace_dir(newdir, target, self.paths.staging / f"trash-{day.isoformat()}")
@@ -567,21 +618,26 @@ class ParquetTrackingStore(BaseStore):
         state = self._state()
         return {
             "history_files": len(self.paths.history_files()),
-            "current_files": sum(1 for _ in self.paths.current.glob("requested_date=*/part-0.parquet")),
+            "current_files": sum(
+                1 for _ in self.paths.current.glob("requested_date=*/part-0.parquet")
+            ),
             "seq": int(state["seq"]),
             "watermark": int(state["watermark"]),
             "pending": len(self._pending),
         }
 
 
+SCHEMA_CAST: dict[Any, Any] = dict(POLARS_SCHEMA)
+
+
 def _frame(table: pa.Table) -> pl.DataFrame:
     out = pl.from_arrow(table)
     assert isinstance(out, pl.DataFrame)
-    return out.cast(dict(POLARS_SCHEMA))  # type: ignore[arg-type]
+    return out.cast(SCHEMA_CAST)
 
 
 def _scan_files(paths: list[Path]) -> pl.LazyFrame:
-    return pl.scan_parquet([str(p) for p in paths], hive_partitioning=False).cast(dict(POLARS_SCHEMA))  # type: ignore[arg-type]
+    return pl.scan_parquet([str(p) for p in paths], hive_partitioning=False).cast(SCHEMA_CAST)
 
 
 def _read_files(paths: list[Path]) -> pl.DataFrame:

@@ -1,4 +1,4 @@
-"""Bulk loading: a Polars or Arrow frame of records validated and turned into lake rows, vectorised."""
+"""Bulk loading: a Polars or Arrow frame of records, validated and turned into lake rows."""
 
 from __future__ import annotations
 
@@ -71,14 +71,22 @@ def _as_time(frame: pl.DataFrame, name: str) -> pl.Expr:
     dtype = frame.schema[name]
     col = pl.col(name)
     if isinstance(dtype, pl.Datetime):
-        return (col.dt.replace_time_zone("UTC") if dtype.time_zone is None else col.dt.convert_time_zone("UTC")).dt.cast_time_unit("us")
+        return (
+            col.dt.replace_time_zone("UTC")
+            if dtype.time_zone is None
+            else col.dt.convert_time_zone("UTC")
+        ).dt.cast_time_unit("us")
     if dtype.is_integer():
-        return pl.from_epoch(col, time_unit="ms").dt.replace_time_zone("UTC").dt.cast_time_unit("us")
+        return (
+            pl.from_epoch(col, time_unit="ms").dt.replace_time_zone("UTC").dt.cast_time_unit("us")
+        )
     if dtype == pl.String:
         return col.str.to_datetime(time_zone="UTC", time_unit="us", strict=False)
     if dtype == pl.Null:
         return col.cast(_TS)
-    raise InvalidRecordError(name, str(dtype), "a datetime, epoch-millisecond integer or ISO string column")
+    raise InvalidRecordError(
+        name, str(dtype), "a datetime, epoch-millisecond integer or ISO string column"
+    )
 
 
 def frame_to_table(source: Any, key: HashKey, *, keep_numbers: bool) -> pa.Table:
@@ -92,29 +100,60 @@ def frame_to_table(source: Any, key: HashKey, *, keep_numbers: bool) -> pa.Table
     if isinstance(source, pa.Table):
         source = pl.from_arrow(source)
     if not isinstance(source, pl.DataFrame):
-        raise InvalidRecordError("frame", type(source).__name__, "a polars DataFrame/LazyFrame or a pyarrow Table")
+        raise InvalidRecordError(
+            "frame", type(source).__name__, "a polars DataFrame/LazyFrame or a pyarrow Table"
+        )
     frame = source.rename({"from": "from_"}) if "from" in source.columns else source
     missing = [c for c in _REQUIRED if c not in frame.columns]
     if "to" not in frame.columns and "to_hash" not in frame.columns:
         missing.append("to (or to_hash)")
     if missing:
-        raise InvalidRecordError("frame", sorted(frame.columns), "columns " + ", ".join(missing) + " as well")
+        raise InvalidRecordError(
+            "frame", sorted(frame.columns), "columns " + ", ".join(missing) + " as well"
+        )
     for name in ("message_id", "provider_id", "type", "status"):
         if frame.schema[name] != pl.String:
             raise InvalidRecordError(name, str(frame.schema[name]), "a string column")
-    _first_bad(frame, pl.col("message_id").is_null() | (pl.col("message_id").str.strip_chars() == ""), "message_id", "a non-empty id")
-    _first_bad(frame, pl.col("provider_id").is_null() | (pl.col("provider_id") == ""), "provider_id", "a non-empty id")
-    _first_bad(frame, ~pl.col("status").is_in(DELIVERY_STATUSES) | pl.col("status").is_null(), "status", "one of " + ", ".join(DELIVERY_STATUSES))
-    _first_bad(frame, ~pl.col("type").is_in(MESSAGE_TYPES) | pl.col("type").is_null(), "type", "one of " + ", ".join(MESSAGE_TYPES))
+    _first_bad(
+        frame,
+        pl.col("message_id").is_null() | (pl.col("message_id").str.strip_chars() == ""),
+        "message_id",
+        "a non-empty id",
+    )
+    _first_bad(
+        frame,
+        pl.col("provider_id").is_null() | (pl.col("provider_id") == ""),
+        "provider_id",
+        "a non-empty id",
+    )
+    _first_bad(
+        frame,
+        ~pl.col("status").is_in(DELIVERY_STATUSES) | pl.col("status").is_null(),
+        "status",
+        "one of " + ", ".join(DELIVERY_STATUSES),
+    )
+    _first_bad(
+        frame,
+        ~pl.col("type").is_in(MESSAGE_TYPES) | pl.col("type").is_null(),
+        "type",
+        "one of " + ", ".join(MESSAGE_TYPES),
+    )
     if "retention_class" in frame.columns:
-        _first_bad(frame, ~pl.col("retention_class").is_in(RETENTION_CLASSES), "retention_class", "one of " + ", ".join(RETENTION_CLASSES))
+        _first_bad(
+            frame,
+            ~pl.col("retention_class").is_in(RETENTION_CLASSES),
+            "retention_class",
+            "one of " + ", ".join(RETENTION_CLASSES),
+        )
 
     times = {n: _as_time(frame, n) for n in _TIME_COLUMNS if n in frame.columns}
     frame = frame.with_columns(**{f"__{n}": e for n, e in times.items()})
     for n in times:
         given = pl.col(n).is_not_null() & (pl.col(n).cast(pl.String) != "")
         parsed = pl.col(f"__{n}")
-        bad = (given & parsed.is_null()) | (parsed.is_not_null() & ((parsed < _LOW) | (parsed >= _HIGH)))
+        bad = (given & parsed.is_null()) | (
+            parsed.is_not_null() & ((parsed < _LOW) | (parsed >= _HIGH))
+        )
         if n == "requested_at":
             bad = bad | parsed.is_null()
         _first_bad(frame, bad, n, "a time between 2000-01-01 and 2200-01-01 (UTC)")
@@ -125,18 +164,32 @@ def frame_to_table(source: Any, key: HashKey, *, keep_numbers: bool) -> pa.Table
         if number in frame.columns and frame.schema[number] != pl.Null:
             norm = f"__{prefix}_norm"
             frame = frame.with_columns(normalize_numbers(pl.col(number)).alias(norm))
-            _first_bad(frame, pl.col(number).is_not_null() & pl.col(norm).is_null(), number, "a phone number of 3 to 20 digits")
-            frame = frame.with_columns(hash_numbers(frame.get_column(norm), key).alias(f"__{prefix}_hash"))
+            _first_bad(
+                frame,
+                pl.col(number).is_not_null() & pl.col(norm).is_null(),
+                number,
+                "a phone number of 3 to 20 digits",
+            )
+            frame = frame.with_columns(
+                hash_numbers(frame.get_column(norm), key).alias(f"__{prefix}_hash")
+            )
             cols[f"{prefix}_hash"] = pl.col(f"__{prefix}_hash")
             cols[f"{prefix}_masked"] = mask_numbers(pl.col(norm))
     if "to_hash" not in cols:
-        _first_bad(frame, pl.col("to_hash").is_null() | (pl.col("to_hash") == ""), "to_hash", "the keyed hash of the number")
+        _first_bad(
+            frame,
+            pl.col("to_hash").is_null() | (pl.col("to_hash") == ""),
+            "to_hash",
+            "the keyed hash of the number",
+        )
     frame = frame.with_columns(**cols)
 
     defaults: dict[str, pl.Expr] = {
         "provider_message_id": pl.lit(""),
         "status_updated_at": pl.col("requested_at"),
-        "next_check_at": pl.col("status_updated_at") if "status_updated_at" in frame.columns else pl.col("requested_at"),
+        "next_check_at": pl.col("status_updated_at")
+        if "status_updated_at" in frame.columns
+        else pl.col("requested_at"),
         "attempt_count": pl.lit(0),
         "metadata": pl.lit("{}"),
         "retention_class": pl.lit(DEFAULT_RETENTION_CLASS),
@@ -150,9 +203,13 @@ def frame_to_table(source: Any, key: HashKey, *, keep_numbers: bool) -> pa.Table
         pl.col("provider_message_id").fill_null("").str.strip_chars(),
         pl.col("metadata").fill_null("{}"),
         pl.col("status_updated_at").fill_null(pl.col("requested_at")),
-        pl.col("next_check_at").fill_null(pl.col("status_updated_at").fill_null(pl.col("requested_at"))),
+        pl.col("next_check_at").fill_null(
+            pl.col("status_updated_at").fill_null(pl.col("requested_at"))
+        ),
         pl.col("attempt_count").fill_null(0),
-        retention_bucket_ym=(pl.col("requested_at").dt.year() * 100 + pl.col("requested_at").dt.month()).cast(pl.Int32),
+        retention_bucket_ym=(
+            pl.col("requested_at").dt.year() * 100 + pl.col("requested_at").dt.month()
+        ).cast(pl.Int32),
         seq=pl.lit(0, pl.Int64),
         snapshot_kind=pl.lit("load"),
         recorded_at=pl.col("status_updated_at"),

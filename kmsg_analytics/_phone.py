@@ -37,7 +37,9 @@ def normalize_number(number: str, *, field: str = "to") -> str:
         raise InvalidRecordError(field, number, "a phone number string such as '010-1234-5678'")
     compact = _SEPARATORS.sub("", number)
     if not _DIGITS.fullmatch(compact):
-        raise InvalidRecordError(field, number, "a phone number of 3 to 20 digits such as '01012345678'")
+        raise InvalidRecordError(
+            field, number, "a phone number of 3 to 20 digits such as '01012345678'"
+        )
     if compact.startswith("+82"):
         rest = compact[3:]
         compact = rest if rest.startswith("0") else "0" + rest

@@ -35,7 +35,11 @@ GROUP_FIELDS: Final = (
     "retention_class",
     *TIME_BUCKETS,
 )
-_CAMEL_GROUPS: Final = {"providerId": "provider_id", "providerStatusCode": "provider_status_code", "retentionClass": "retention_class"}
+_CAMEL_GROUPS: Final = {
+    "providerId": "provider_id",
+    "providerStatusCode": "provider_status_code",
+    "retentionClass": "retention_class",
+}
 
 ORDER_FIELDS: Final = ("requested_at", "status_updated_at")
 
@@ -44,7 +48,9 @@ HashFn = Callable[[str, str], str]
 
 def snapshot_key() -> pl.Expr:
     """Which snapshot of a message is current: the highest seq, non-send beating send."""
-    return pl.col("seq") + pl.when(pl.col("snapshot_kind") == "send").then(0).otherwise(PRECEDENCE_OFFSET)
+    return pl.col("seq") + pl.when(pl.col("snapshot_kind") == "send").then(0).otherwise(
+        PRECEDENCE_OFFSET
+    )
 
 
 def latest(snapshots: pl.LazyFrame) -> pl.LazyFrame:
@@ -73,7 +79,15 @@ def filter_expr(flt: RecordFilter, hash_number: HashFn, *, partitioned: bool = F
     1
     """
     parts: list[pl.Expr] = []
-    for name in ("message_id", "provider_id", "provider_message_id", "type", "status", "to_hash", "from_hash"):
+    for name in (
+        "message_id",
+        "provider_id",
+        "provider_message_id",
+        "type",
+        "status",
+        "to_hash",
+        "from_hash",
+    ):
         values = getattr(flt, name)
         if values is not None:
             parts.append(_in(name, values))
@@ -156,7 +170,9 @@ def normalize_group_by(group_by: Sequence[str] | str) -> list[str]:
     return out
 
 
-def count_by(current: pl.LazyFrame, predicate: pl.Expr, group_by: Sequence[str] | str) -> pl.LazyFrame:
+def count_by(
+    current: pl.LazyFrame, predicate: pl.Expr, group_by: Sequence[str] | str
+) -> pl.LazyFrame:
     """Counts of current records per group (a ``count`` column; no rows when ``group_by`` is empty).
 
     Rows are ordered by the group columns, so answers compare directly.
@@ -167,7 +183,9 @@ def count_by(current: pl.LazyFrame, predicate: pl.Expr, group_by: Sequence[str] 
         schema = {"count": pl.Int64}
         return pl.LazyFrame(schema=schema)
     keys = [
-        pl.col("requested_at").dt.truncate(TIME_BUCKETS[n]).alias(n) if n in TIME_BUCKETS else pl.col(n)
+        pl.col("requested_at").dt.truncate(TIME_BUCKETS[n]).alias(n)
+        if n in TIME_BUCKETS
+        else pl.col(n)
         for n in names
     ]
     return (

@@ -33,7 +33,14 @@ __all__ = [
     "TrackingRecord",
 ]
 
-DELIVERY_STATUSES: tuple[str, ...] = ("PENDING", "SENT", "DELIVERED", "FAILED", "CANCELLED", "UNKNOWN")
+DELIVERY_STATUSES: tuple[str, ...] = (
+    "PENDING",
+    "SENT",
+    "DELIVERED",
+    "FAILED",
+    "CANCELLED",
+    "UNKNOWN",
+)
 TERMINAL_STATUSES: tuple[str, ...] = ("DELIVERED", "FAILED", "CANCELLED", "UNKNOWN")
 POLLABLE_STATUSES: tuple[str, ...] = ("PENDING", "SENT")
 MESSAGE_TYPES: tuple[str, ...] = (
@@ -285,7 +292,9 @@ def coerce_time(value: object, name: str) -> datetime:
             raise InvalidRecordError(name, value, msg) from None
         result = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
     else:
-        raise InvalidRecordError(name, value, "a datetime, an ISO 8601 string or epoch milliseconds")
+        raise InvalidRecordError(
+            name, value, "a datetime, an ISO 8601 string or epoch milliseconds"
+        )
     if not _MIN_TIME <= result < _MAX_TIME:
         raise InvalidRecordError(name, value, "a time between 2000-01-01 and 2200-01-01 (UTC)")
     # the lake keeps microseconds; drop nothing else
@@ -455,7 +464,9 @@ def coerce_result(value: object) -> SendResult:
     return SendResult(
         message_id=coerce_id(pick(data, "message_id"), "result.message_id"),
         provider_id=coerce_id(pick(data, "provider_id"), "result.provider_id"),
-        provider_message_id=None if pmid is None else coerce_id(pmid, "result.provider_message_id", allow_empty=True),
+        provider_message_id=None
+        if pmid is None
+        else coerce_id(pmid, "result.provider_message_id", allow_empty=True),
         type=coerce_type(pick(data, "type"), "result.type"),
         to=_check_number(pick(data, "to"), "result.to"),
         warnings=tuple(warnings),
@@ -488,14 +499,20 @@ def _custom_fields(value: object) -> Mapping[str, Any] | None:
     return result
 
 
-def coerce_filter(value: RecordFilter | Mapping[str, Any] | None = None, **fields_: Any) -> RecordFilter:
+def coerce_filter(
+    value: RecordFilter | Mapping[str, Any] | None = None, **fields_: Any
+) -> RecordFilter:
     """Build a :class:`RecordFilter` from a filter, a mapping and/or keyword arguments.
 
     Unknown names raise :class:`InvalidRecordError` listing the valid ones.
     """
     merged: dict[str, Any] = {}
     if isinstance(value, RecordFilter):
-        merged = {f.name: getattr(value, f.name) for f in fields(value) if getattr(value, f.name) is not None}
+        merged = {
+            f.name: getattr(value, f.name)
+            for f in fields(value)
+            if getattr(value, f.name) is not None
+        }
     elif value is not None:
         for key, item in _as_mapping(value, "filter").items():
             merged[_snake(key)] = item
@@ -545,14 +562,18 @@ def coerce_record(value: object) -> TrackingRecord:
     bucket = pick(data, "retention_bucket_ym")
     expected_bucket = requested_at.year * 100 + requested_at.month
     if bucket is not None and bucket != expected_bucket:
-        raise InvalidRecordError("retention_bucket_ym", bucket, f"{expected_bucket} (from requested_at)")
+        raise InvalidRecordError(
+            "retention_bucket_ym", bucket, f"{expected_bucket} (from requested_at)"
+        )
     to_hash = pick(data, "to_hash") or ""
     if not isinstance(to_hash, str) or not (to_hash or pick(data, "to")):
         raise InvalidRecordError("to", pick(data, "to"), "a phone number (or its to_hash)")
     return TrackingRecord(
         message_id=coerce_id(pick(data, "message_id"), "message_id"),
         provider_id=coerce_id(pick(data, "provider_id"), "provider_id"),
-        provider_message_id=coerce_id(pick(data, "provider_message_id") or "", "provider_message_id", allow_empty=True),
+        provider_message_id=coerce_id(
+            pick(data, "provider_message_id") or "", "provider_message_id", allow_empty=True
+        ),
         type=coerce_type(pick(data, "type")),
         to=_optional_number(pick(data, "to"), "to"),
         from_=_optional_number(pick(data, "from_", "from"), "from_"),
@@ -563,8 +584,12 @@ def coerce_record(value: object) -> TrackingRecord:
         requested_at=requested_at,
         scheduled_at=coerce_optional_time(pick(data, "scheduled_at"), "scheduled_at"),
         status=coerce_status(pick(data, "status")),
-        provider_status_code=coerce_text(pick(data, "provider_status_code"), "provider_status_code"),
-        provider_status_message=coerce_text(pick(data, "provider_status_message"), "provider_status_message"),
+        provider_status_code=coerce_text(
+            pick(data, "provider_status_code"), "provider_status_code"
+        ),
+        provider_status_message=coerce_text(
+            pick(data, "provider_status_message"), "provider_status_message"
+        ),
         sent_at=coerce_optional_time(pick(data, "sent_at"), "sent_at"),
         delivered_at=coerce_optional_time(pick(data, "delivered_at"), "delivered_at"),
         failed_at=coerce_optional_time(pick(data, "failed_at"), "failed_at"),
@@ -575,6 +600,8 @@ def coerce_record(value: object) -> TrackingRecord:
         last_error=last_error,
         raw=coerce_json(pick(data, "raw"), "raw"),
         metadata=metadata,
-        retention_class=coerce_retention_class(pick(data, "retention_class") or DEFAULT_RETENTION_CLASS),
+        retention_class=coerce_retention_class(
+            pick(data, "retention_class") or DEFAULT_RETENTION_CLASS
+        ),
         retention_bucket_ym=expected_bucket,
     )

@@ -73,10 +73,12 @@ SNAPSHOT_SCHEMA: Final = pa.schema(
 )
 
 #: The same columns as Polars dtypes (what scans are cast to).
-POLARS_SCHEMA: Final = pl.Schema(pl.from_arrow(SNAPSHOT_SCHEMA.empty_table()).schema)
+POLARS_SCHEMA: Final = pl.DataFrame(SNAPSHOT_SCHEMA.empty_table()).schema
 
 #: The columns of a record, in the order of the frames ``list_records`` returns.
-RECORD_COLUMNS: Final = tuple(n for n in SNAPSHOT_SCHEMA.names if n not in ("seq", "snapshot_kind", "recorded_at"))
+RECORD_COLUMNS: Final = tuple(
+    n for n in SNAPSHOT_SCHEMA.names if n not in ("seq", "snapshot_kind", "recorded_at")
+)
 
 HISTORY_PARTITION: Final = "ingest_date"
 CURRENT_PARTITION: Final = "requested_date"
@@ -116,7 +118,9 @@ def dump_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def record_to_row(record: TrackingRecord, *, kind: SnapshotKind, recorded_at: int) -> dict[str, Any]:
+def record_to_row(
+    record: TrackingRecord, *, kind: SnapshotKind, recorded_at: int
+) -> dict[str, Any]:
     """A :class:`TrackingRecord` as a lake row (``seq`` is given when published)."""
     err = record.last_error
     return {

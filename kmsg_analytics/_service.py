@@ -15,7 +15,6 @@ import pyarrow as pa
 
 from ._errors import InvalidRecordError
 from ._loading import frame_to_table
-from ._runner import PollingMixin
 from ._records import (
     DEFAULT_RETENTION_CLASS,
     HookContext,
@@ -29,6 +28,7 @@ from ._records import (
     coerce_record,
     coerce_result,
 )
+from ._runner import PollingMixin
 from ._schema import record_to_row, rows_to_table
 from ._store import InMemoryTrackingStore, TrackingStore
 
@@ -66,7 +66,8 @@ class DeliveryTrackingService(PollingMixin):
     >>> from kmsg_analytics import DeliveryTrackingService, InMemoryTrackingStore
     >>> class Gateway:
     ...     id = "solapi"
-    >>> svc = DeliveryTrackingService([Gateway()], store=InMemoryTrackingStore(hash_key="doctest-key"))
+    >>> store = InMemoryTrackingStore(hash_key="doctest-key")
+    >>> svc = DeliveryTrackingService([Gateway()], store=store)
     >>> svc.record_send(
     ...     {"messageId": "m1", "timestamp": 1793491200000,
     ...      "options": {"type": "SMS", "to": "010-1234-5678"}},
@@ -134,7 +135,9 @@ class DeliveryTrackingService(PollingMixin):
 
     # ------------------------------------------------------------------ recording
 
-    def build_record(self, context: HookContext | Mapping[str, Any], result: SendResult | Mapping[str, Any]) -> TrackingRecord:
+    def build_record(
+        self, context: HookContext | Mapping[str, Any], result: SendResult | Mapping[str, Any]
+    ) -> TrackingRecord:
         """The record a send creates (validated, numbers protected), without storing it."""
         ctx = coerce_context(context)
         res = coerce_result(result)
@@ -149,7 +152,9 @@ class DeliveryTrackingService(PollingMixin):
         error: TrackingError | None = None
         if not pmid:
             status, next_check = "UNKNOWN", now
-            error = TrackingError("MISSING_PROVIDER_MESSAGE_ID", "the send result carries no provider message id")
+            error = TrackingError(
+                "MISSING_PROVIDER_MESSAGE_ID", "the send result carries no provider message id"
+            )
         elif scheduled is not None:
             status, next_check = "PENDING", scheduled + self._scheduled_grace
         else:
@@ -208,7 +213,8 @@ class DeliveryTrackingService(PollingMixin):
         return record
 
     def record_sends(
-        self, pairs: Iterable[tuple[HookContext | Mapping[str, Any], SendResult | Mapping[str, Any]]]
+        self,
+        pairs: Iterable[tuple[HookContext | Mapping[str, Any], SendResult | Mapping[str, Any]]],
     ) -> int:
         """Record many ``(context, result)`` pairs in one write; all or nothing.
 
@@ -220,7 +226,9 @@ class DeliveryTrackingService(PollingMixin):
             try:
                 records.append(self.build_record(context, result))
             except InvalidRecordError as err:
-                raise InvalidRecordError(f"pairs[{i}].{err.field}", err.value, str(err).split(": expected ", 1)[-1]) from None
+                raise InvalidRecordError(
+                    f"pairs[{i}].{err.field}", err.value, str(err).split(": expected ", 1)[-1]
+                ) from None
         if not records:
             return 0
         now = _micros(self.clock())
@@ -258,7 +266,7 @@ class DeliveryTrackingService(PollingMixin):
 
     def list_records(
         self,
-        filter: RecordFilter | Mapping[str, Any] | None = None,  # noqa: A002 - the seed's name
+        filter: RecordFilter | Mapping[str, Any] | None = None,
         limit: int = 100,
         offset: int = 0,
         *,
@@ -275,21 +283,26 @@ class DeliveryTrackingService(PollingMixin):
         flt = coerce_filter(filter, **filters)
         return self.store.list_records(flt, limit, offset, order_by, order_direction)
 
-    def count_records(self, filter: RecordFilter | Mapping[str, Any] | None = None, **filters: Any) -> int:  # noqa: A002
+    def count_records(
+        self, filter: RecordFilter | Mapping[str, Any] | None = None, **filters: Any
+    ) -> int:
         """How many current records match a filter."""
         self.init()
         return self.store.count_records(coerce_filter(filter, **filters))
 
     def count_by(
         self,
-        filter: RecordFilter | Mapping[str, Any] | None = None,  # noqa: A002
+        filter: RecordFilter | Mapping[str, Any] | None = None,
         group_by: Sequence[str] | str = (),
         **filters: Any,
     ) -> pl.LazyFrame:
         """Counts per group (``provider_id``, ``type``, ``status``, ``provider_status_code``,
         ``retention_class``, ``requested_at_hour|day|week|month``) as a lazy Polars query."""
         self.init()
-        return self.store.count_by(coerce_filter(filter, **filters), list(group_by) if not isinstance(group_by, str) else [group_by])
+        return self.store.count_by(
+            coerce_filter(filter, **filters),
+            list(group_by) if not isinstance(group_by, str) else [group_by],
+        )
 
     def list_due(self, now: datetime | None = None, limit: int = 200) -> list[TrackingRecord]:
         """Records whose next status check is due at ``now`` (default: the clock)."""

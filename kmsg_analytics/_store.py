@@ -43,9 +43,15 @@ class TrackingStore(Protocol):
     def init(self) -> None: ...
     def upsert(self, record: TrackingRecord, *, recorded_at: int | None = None) -> None: ...
     def append_snapshots(
-        self, records: Sequence[TrackingRecord], *, kind: SnapshotKind = "poll", recorded_at: int | None = None
+        self,
+        records: Sequence[TrackingRecord],
+        *,
+        kind: SnapshotKind = "poll",
+        recorded_at: int | None = None,
     ) -> None: ...
-    def append_table(self, table: pa.Table, *, kind: SnapshotKind = "load", recorded_at: int | None = None) -> None: ...
+    def append_table(
+        self, table: pa.Table, *, kind: SnapshotKind = "load", recorded_at: int | None = None
+    ) -> None: ...
     def history(self) -> pl.LazyFrame: ...
     def current_as_of(self, moment: datetime) -> pl.LazyFrame: ...
     def get(self, message_id: str) -> TrackingRecord | None: ...
@@ -114,7 +120,9 @@ class BaseStore:
 
     def get(self, message_id: str) -> TrackingRecord | None:
         """The current record of ``message_id``, or ``None``."""
-        rows = self.current(RecordFilter(message_id=message_id)).filter(pl.col("message_id") == message_id)
+        rows = self.current(RecordFilter(message_id=message_id)).filter(
+            pl.col("message_id") == message_id
+        )
         found = rows.select(RECORD_COLUMNS).collect().to_dicts()
         return row_to_record(found[0]) if found else None
 
@@ -154,7 +162,11 @@ class BaseStore:
         return updated
 
     def append_snapshots(
-        self, records: Sequence[TrackingRecord], *, kind: SnapshotKind = "poll", recorded_at: int | None = None
+        self,
+        records: Sequence[TrackingRecord],
+        *,
+        kind: SnapshotKind = "poll",
+        recorded_at: int | None = None,
     ) -> None:  # pragma: no cover
         raise NotImplementedError
 
@@ -201,7 +213,9 @@ class InMemoryTrackingStore(BaseStore):
     0
     """
 
-    def __init__(self, *, hash_key: HashKey | bytes | str | None = None, keep_numbers: bool = False) -> None:
+    def __init__(
+        self, *, hash_key: HashKey | bytes | str | None = None, keep_numbers: bool = False
+    ) -> None:
         super().__init__(hash_key=hash_key, keep_numbers=keep_numbers)
         self._lock = threading.RLock()
         self._current: dict[str, dict[str, Any]] = {}
@@ -210,7 +224,9 @@ class InMemoryTrackingStore(BaseStore):
         self._seq = 0
 
     def __repr__(self) -> str:
-        return f"InMemoryTrackingStore(records={len(self._current)}, snapshots={len(self._history)})"
+        return (
+            f"InMemoryTrackingStore(records={len(self._current)}, snapshots={len(self._history)})"
+        )
 
     def init(self) -> None:
         """Nothing to prepare; present for the store interface."""
@@ -234,13 +250,19 @@ class InMemoryTrackingStore(BaseStore):
         self._apply([record_to_row(record, kind="send", recorded_at=recorded_at or _now_micros())])
 
     def append_snapshots(
-        self, records: Sequence[TrackingRecord], *, kind: SnapshotKind = "poll", recorded_at: int | None = None
+        self,
+        records: Sequence[TrackingRecord],
+        *,
+        kind: SnapshotKind = "poll",
+        recorded_at: int | None = None,
     ) -> None:
         """Append one snapshot per record, all at once."""
         now = recorded_at or _now_micros()
         self._apply([record_to_row(r, kind=kind, recorded_at=now) for r in records])
 
-    def append_table(self, table: pa.Table, *, kind: SnapshotKind = "load", recorded_at: int | None = None) -> None:
+    def append_table(
+        self, table: pa.Table, *, kind: SnapshotKind = "load", recorded_at: int | None = None
+    ) -> None:
         """Append validated lake rows (an Arrow table in lake form)."""
         rows = table.to_pylist()
         now = recorded_at or _now_micros()

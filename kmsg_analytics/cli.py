@@ -1,0 +1,162 @@
+"""The ``kmsg-analytics`` command line: demo, stats, count-by, compact, poll."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+
+from ._errors import KmsgAnalyticsError
+
+__all__ = ["main"]
+
+DEFAULT_LAKE = Path("data") / "lake"
+
+
+def _since(text: str) -> timedelta:
+    m = re.fullmatch(r"(\d+)\s*([hdw])", text.strip())
+    if not m:
+        msg = f"--since {text!r}: expected a number and a unit, such as 30d, 12h or 2w"
+        raise argparse.ArgumentTypeError(msg)
+    n, unit = int(m[1]), m[2]
+    return {"h": timedelta(hours=n), "d": timedelta(days=n), "w": timedelta(weeks=n)}[unit]
+
+
+def _print_frame(title: str, frame: pl.DataFrame) -> None:
+    print(f"\n{title}")
+    with pl.Config(tbl_rows=50, tbl_hide_dataframe_shape=True, fmt_str_lengths=40):
+        print(frame)
+
+
+def _open_lake(path: Path):  # type: ignore[no-untyped-def]
+    from ._lake import ParquetTrackingStore
+
+    if not (path / "_lake.json").exists():
+        msg = f"no lake at {path}: run `kmsg-analytics demo --lake {path}` to build one"
+        raise KmsgAnalyticsError(msg)
+    return ParquetTrackingStore(path)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Build the demo lake from the seeded generator and print its count_by tables."""
+    from ._records import RecordFilter
+    from ._synthetic import build_demo_lake
+
+    started = time.perf_counter()
+    print(
+        f"building a demo lake of {args.n:,} messages (seed {args.seed}) at {args.lake} ...",
+        flush=True,
+    )
+    store = build_demo_lake(args.lake, n=args.n, seed=args.seed)
+    try:
+        everything = RecordFilter()
+        _print_frame(
+            "messages by provider and status",
+            store.count_by(everything, ["provider_id", "status"]).collect(),
+        )
+        _print_frame("messages by type", store.count_by(everything, ["type"]).collect())
+        _print_frame(
+            "failures by provider status code",
+            store.count_by(
+                RecordFilter(status="FAILED"), ["provider_id", "provider_status_code"]
+            ).collect(),
+        )
+        took = time.perf_counter() - started
+        print(f"\n{store.count_records(everything):,} messages in {args.lake} ({took:.1f} s)")
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Print file and row counts of a lake."""
+    store = _open_lake(args.lake)
+    try:
+        for key, value in store.stats().items():
+            print(f"{key:>16}: {value:,}")
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_count_by(args: argparse.Namespace) -> int:
+    """Print count_by over the current records of a lake."""
+    from ._records import RecordFilter
+
+    store = _open_lake(args.lake)
+    try:
+        flt = RecordFilter()
+        if args.since is not None:
+            flt = RecordFilter(requested_at_from=datetime.now(UTC) - args.since)
+        groups = [g.strip() for g in args.group_by.split(",") if g.strip()]
+        _print_frame(f"count by {', '.join(groups)}", store.count_by(flt, groups).collect())
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    """Fold snapshots into the current state and merge small history files."""
+    store = _open_lake(args.lake)
+    try:
+        report = store.compact(progress=lambda line: print(line, file=sys.stderr, flush=True))
+        print(
+            f"folded {report.snapshot_rows:,} rows into {report.partitions_rewritten} partitions; "
+            f"history files {report.history_files_before} -> {report.history_files_after} "
+            f"in {report.seconds:.2f} s"
+        )
+    finally:
+        store.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``kmsg-analytics``."""
+    parser = argparse.ArgumentParser(prog="kmsg-analytics", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="build the demo lake under data/ and summarise it")
+    demo.add_argument("--lake", type=Path, default=DEFAULT_LAKE)
+    demo.add_argument("--n", type=int, default=20_000, help="messages to generate (default 20,000)")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(func=cmd_demo)
+
+    stats = sub.add_parser("stats", help="file and row counts of a lake")
+    stats.add_argument("--lake", type=Path, default=DEFAULT_LAKE)
+    stats.set_defaults(func=cmd_stats)
+
+    cb = sub.add_parser("count-by", help="count current records by fields")
+    cb.add_argument("--lake", type=Path, default=DEFAULT_LAKE)
+    cb.add_argument("--group-by", default="provider_id,status")
+    cb.add_argument(
+        "--since", type=_since, default=None, help="only messages requested in the last e.g. 30d"
+    )
+    cb.set_defaults(func=cmd_count_by)
+
+    compact = sub.add_parser("compact", help="fold snapshots and merge small files")
+    compact.add_argument("--lake", type=Path, default=DEFAULT_LAKE)
+    compact.set_defaults(func=cmd_compact)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KmsgAnalyticsError as err:
+        print(f"kmsg-analytics: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
