@@ -93,7 +93,7 @@ class HashKey:
 
     def hash_normalized(self, normalized: str) -> str:
         """HMAC-SHA256 (hex) of an already normalised number."""
-        return hmac.new(self._key, normalized.encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(self._key, normalized.encode(), "sha256").hex()
 
     def hash_number(self, number: str, *, field: str = "to") -> str:
         """Normalise ``number`` and return its keyed hash."""

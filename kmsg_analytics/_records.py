@@ -8,6 +8,7 @@ accept our frozen dataclasses or mappings in snake_case or in k-msg's JSON shape
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -373,6 +374,7 @@ def pick(data: Mapping[str, Any], name: str, *aliases: str) -> Any:
     return None
 
 
+@functools.cache
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part[:1].upper() + part[1:] for part in rest)

@@ -177,15 +177,18 @@ class DeliveryTrackingService(PollingMixin):
                 "send_warning_codes": [w.code for w in res.warnings],
                 "api_attempt": {"attempted": False, "status": "not_attempted"},
             }
-        record = TrackingRecord(
+        numbers = self.store.number_fields(res.to, ctx.options.from_)  # type: ignore[attr-defined]
+        return TrackingRecord(
             message_id=ctx.message_id,
             provider_id=res.provider_id,
             provider_message_id=pmid,
             type=res.type,
-            to=res.to,
-            from_=ctx.options.from_,
-            to_hash="",
-            to_masked="",
+            to=numbers["to"],
+            from_=numbers["from_"],
+            to_hash=numbers["to_hash"],
+            to_masked=numbers["to_masked"],
+            from_hash=numbers.get("from_hash"),
+            from_masked=numbers.get("from_masked"),
             requested_at=requested_at,
             scheduled_at=scheduled,
             status=status,
@@ -197,7 +200,6 @@ class DeliveryTrackingService(PollingMixin):
             retention_class=DEFAULT_RETENTION_CLASS,
             retention_bucket_ym=requested_at.year * 100 + requested_at.month,
         )
-        return self.store.protect(record)  # type: ignore[attr-defined,no-any-return]
 
     def record_send(
         self, context: HookContext | Mapping[str, Any], result: SendResult | Mapping[str, Any]

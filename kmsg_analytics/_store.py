@@ -170,25 +170,22 @@ class BaseStore:
     ) -> None:  # pragma: no cover
         raise NotImplementedError
 
+    def number_fields(self, to: str | None, from_: str | None) -> dict[str, str | None]:
+        """``to``/``from_`` as the store keeps them: hash and mask, the number only if kept."""
+        out: dict[str, str | None] = {
+            "to": to if self.keep_numbers else None,
+            "from_": from_ if self.keep_numbers else None,
+        }
+        for name, number in (("to", to), ("from", from_)):
+            if number is not None:
+                norm = normalize_number(number, field="from_" if name == "from" else name)
+                out[f"{name}_hash"] = self.hash_key.hash_normalized(norm)
+                out[f"{name}_masked"] = mask_number(norm)
+        return out
+
     def protect(self, record: TrackingRecord) -> TrackingRecord:
         """Fill hashes and masks of the numbers and drop them unless numbers are kept."""
-        to_hash, to_masked = record.to_hash, record.to_masked
-        if record.to is not None:
-            norm = normalize_number(record.to, field="to")
-            to_hash, to_masked = self.hash_key.hash_normalized(norm), mask_number(norm)
-        from_hash, from_masked = record.from_hash, record.from_masked
-        if record.from_ is not None:
-            norm = normalize_number(record.from_, field="from_")
-            from_hash, from_masked = self.hash_key.hash_normalized(norm), mask_number(norm)
-        return replace(
-            record,
-            to=record.to if self.keep_numbers else None,
-            from_=record.from_ if self.keep_numbers else None,
-            to_hash=to_hash,
-            to_masked=to_masked,
-            from_hash=from_hash,
-            from_masked=from_masked,
-        )
+        return replace(record, **self.number_fields(record.to, record.from_))
 
 
 def wins(new_kind: str, old_kind: str | None) -> bool:
