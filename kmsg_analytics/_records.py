@@ -361,22 +361,31 @@ def _json_default(value: object) -> object:
     raise TypeError(msg)
 
 
+_MISSING = object()
+
+
 def pick(data: Mapping[str, Any], name: str, *aliases: str) -> Any:
-    """Read ``name`` from a mapping in snake_case or k-msg's camelCase."""
-    if name in data:
-        return data[name]
-    camel = _camel(name.rstrip("_"))
-    if camel in data:
-        return data[camel]
-    for alias in aliases:
-        if alias in data:
-            return data[alias]
-    return None
+    """Read ``name`` from a mapping in snake_case or k-msg's camelCase (``None`` if absent).
+
+    Examples
+    --------
+    >>> pick({"providerMessageId": "G1"}, "provider_message_id")
+    'G1'
+    """
+    value = data.get(name, _MISSING)
+    if value is _MISSING:
+        value = data.get(_camel(name), _MISSING)
+        if value is _MISSING:
+            for alias in aliases:
+                if alias in data:
+                    return data[alias]
+            return None
+    return value
 
 
 @functools.cache
 def _camel(name: str) -> str:
-    head, *rest = name.split("_")
+    head, *rest = name.rstrip("_").split("_")
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
+from ._batch import sends_to_table
 from ._errors import InvalidRecordError
 from ._loading import frame_to_table
 from ._records import (
@@ -223,20 +224,21 @@ class DeliveryTrackingService(PollingMixin):
         Returns the number recorded. Bad input anywhere raises before anything is written.
         """
         self.init()
-        records = []
-        for i, (context, result) in enumerate(pairs):
-            try:
-                records.append(self.build_record(context, result))
-            except InvalidRecordError as err:
-                raise InvalidRecordError(
-                    f"pairs[{i}].{err.field}", err.value, str(err).split(": expected ", 1)[-1]
-                ) from None
-        if not records:
+        batch = list(pairs)
+        if not batch:
             return 0
         now = _micros(self.clock())
-        table = rows_to_table(record_to_row(r, kind="send", recorded_at=now) for r in records)
+        table = sends_to_table(
+            batch,
+            key=self.store.hash_key,
+            keep_numbers=self.store.keep_numbers,
+            now=now,
+            initial_delay_us=_us(self._initial_delay),
+            grace_us=_us(self._scheduled_grace),
+            careful=self.build_record,
+        )
         self.store.append_table(table, kind="send", recorded_at=now)
-        return len(records)
+        return len(batch)
 
     def load_records(self, frame: pl.DataFrame | pl.LazyFrame | pa.Table) -> int:
         """Bulk-load tracking records (one row per message, in the record's columns).
@@ -315,6 +317,10 @@ class DeliveryTrackingService(PollingMixin):
 def _ms(config: Any, name: str, default: timedelta) -> timedelta:
     value = getattr(config, name, None) if config is not None else None
     return default if value is None else timedelta(milliseconds=value)
+
+
+def _us(delta: timedelta) -> int:
+    return delta // timedelta(microseconds=1)
 
 
 def _micros(moment: datetime) -> int:
