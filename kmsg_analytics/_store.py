@@ -170,9 +170,9 @@ class BaseStore:
     ) -> None:  # pragma: no cover
         raise NotImplementedError
 
-    def number_fields(self, to: str | None, from_: str | None) -> dict[str, str | None]:
+    def number_fields(self, to: str | None, from_: str | None) -> dict[str, Any]:
         """``to``/``from_`` as the store keeps them: hash and mask, the number only if kept."""
-        out: dict[str, str | None] = {
+        out: dict[str, Any] = {
             "to": to if self.keep_numbers else None,
             "from_": from_ if self.keep_numbers else None,
         }
