@@ -63,6 +63,7 @@ __all__ = ["CompactionReport", "ParquetTrackingStore"]
 
 log = logging.getLogger("kmsg_analytics.lake")
 
+_BIG_FILE = 64 << 20  # history files this large are not merged again
 _PENDING_BASE = 1 << 61  # provisional seq of rows not yet published (newer than any published)
 _HIVE = {CURRENT_PARTITION: pl.Date}
 
@@ -237,10 +238,13 @@ class ParquetTrackingStore(BaseStore):
         state = self._state()
         recent = self.paths.history_dirs()[-2:]
         since = recent[0][0] if recent else None
+        stale = False
         for f in self.paths.history_files(since) if since else []:
             if f.hi > state["seq"]:  # published, but we died before the state was written
                 state.update(seq=f.hi, last_wal=f.wal)
-        self._write_state(state)
+                stale = True
+        if stale:
+            self._write_state(state)
         for wal_id, path, _fd in orphan_wals(self.paths.wal, self._wal.id):
             if wal_id != state.get("last_wal"):
                 rows = read_wal_lines(path)
@@ -546,7 +550,11 @@ class ParquetTrackingStore(BaseStore):
             if progress is not None:
                 progress(f"folding {day} ({i + 1}/{len(days)})")
             target = self.paths.current_file(day)
-            parts = [delta.filter(pl.col("requested_at").dt.date() == day)]
+            start = datetime.combine(day, datetime.min.time(), UTC)
+            in_day = (pl.col("requested_at") >= start) & (
+                pl.col("requested_at") < start + timedelta(days=1)
+            )
+            parts = [delta.filter(in_day)]  # a range, so row-group statistics prune the scan
             if target.exists():
                 parts.insert(0, pl.scan_parquet(target))
             merged = (
@@ -598,16 +606,20 @@ class ParquetTrackingStore(BaseStore):
                 continue
             if progress is not None:
                 progress(f"merging history {day} ({len(files)} files)")
-            lo, hi = min(f.lo for f in files), max(f.hi for f in files)
+            small = [f for f in files if f.path.stat().st_size < _BIG_FILE]
+            if len(small) < 2:
+                continue
+            lo, hi = min(f.lo for f in small), max(f.hi for f in small)
             newdir = self.paths.staging / f"hist-{day.isoformat()}"
             newdir.mkdir()
-            table = (
-                _scan_files([f.path for f in files])
-                .sort("seq")
-                .collect(engine="streaming")
-                .to_arrow()
+            for f in files:
+                if f not in small:  # large files stay as they are (a hard link, no copy)
+                    os.link(f.path, newdir / f.path.name)
+            # the backend streams the files into one, in bounded memory
+            merged = self.backend.read_parquet([str(f.path) for f in small])
+            self.backend.to_parquet(
+                merged, str(newdir / history_name(lo, hi, None)), compression="zstd"
             )
-            self._write_parquet(table, newdir / history_name(lo, hi, None))
             target = self.paths.history / f"ingest_date={day.isoformat()}"
             replace_dir(newdir, target, self.paths.staging / f"trash-{day.isoformat()}")
 
