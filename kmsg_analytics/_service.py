@@ -276,37 +276,48 @@ class DeliveryTrackingService(PollingMixin):
         *,
         order_by: str = "requested_at",
         order_direction: str = "desc",
+        as_of: datetime | None = None,
         **filters: Any,
     ) -> pl.LazyFrame:
         """Current records matching a filter, newest first, as a lazy Polars query.
 
         Filters come as a :class:`RecordFilter`, a mapping, or keyword arguments;
-        ``limit <= 0`` gives nothing.
+        ``limit <= 0`` gives nothing. ``as_of`` answers from the snapshot history as the
+        store knew it at that moment.
         """
         self.init()
         flt = coerce_filter(filter, **filters)
-        return self.store.list_records(flt, limit, offset, order_by, order_direction)
+        return self.store.list_records(
+            flt, limit, offset, order_by, order_direction, as_of=_as_of(as_of)
+        )
 
     def count_records(
-        self, filter: RecordFilter | Mapping[str, Any] | None = None, **filters: Any
+        self,
+        filter: RecordFilter | Mapping[str, Any] | None = None,
+        *,
+        as_of: datetime | None = None,
+        **filters: Any,
     ) -> int:
-        """How many current records match a filter."""
+        """How many current records (or records ``as_of`` a past moment) match a filter."""
         self.init()
-        return self.store.count_records(coerce_filter(filter, **filters))
+        return self.store.count_records(coerce_filter(filter, **filters), as_of=_as_of(as_of))
 
     def count_by(
         self,
         filter: RecordFilter | Mapping[str, Any] | None = None,
         group_by: Sequence[str] | str = (),
+        *,
+        as_of: datetime | None = None,
         **filters: Any,
     ) -> pl.LazyFrame:
-        """Counts per group (``provider_id``, ``type``, ``status``, ``provider_status_code``,
-        ``retention_class``, ``requested_at_hour|day|week|month``) as a lazy Polars query."""
+        """Counts per group as a lazy Polars query.
+
+        Groups: ``provider_id``, ``type``, ``status``, ``provider_status_code``,
+        ``retention_class`` and ``requested_at_hour|day|week|month``.
+        """
         self.init()
-        return self.store.count_by(
-            coerce_filter(filter, **filters),
-            list(group_by) if not isinstance(group_by, str) else [group_by],
-        )
+        groups = [group_by] if isinstance(group_by, str) else list(group_by)
+        return self.store.count_by(coerce_filter(filter, **filters), groups, as_of=_as_of(as_of))
 
     def list_due(self, now: datetime | None = None, limit: int = 200) -> list[TrackingRecord]:
         """Records whose next status check is due at ``now`` (default: the clock)."""
@@ -317,6 +328,12 @@ class DeliveryTrackingService(PollingMixin):
 def _ms(config: Any, name: str, default: timedelta) -> timedelta:
     value = getattr(config, name, None) if config is not None else None
     return default if value is None else timedelta(milliseconds=value)
+
+
+def _as_of(value: object) -> datetime | None:
+    from ._records import coerce_time
+
+    return None if value is None else coerce_time(value, "as_of")
 
 
 def _us(delta: timedelta) -> int:

@@ -21,6 +21,7 @@ from . import _queries as q
 from ._phone import HashKey, mask_number, normalize_number, resolve_hash_key
 from ._records import POLLABLE_STATUSES, RecordFilter, TrackingRecord, coerce_time
 from ._schema import (
+    CURRENT_PARTITION,
     POLARS_SCHEMA,
     RECORD_COLUMNS,
     SnapshotKind,
@@ -64,9 +65,13 @@ class TrackingStore(Protocol):
         offset: int = 0,
         order_by: str = "requested_at",
         order_direction: str = "desc",
+        *,
+        as_of: datetime | None = None,
     ) -> pl.LazyFrame: ...
-    def count_records(self, flt: RecordFilter) -> int: ...
-    def count_by(self, flt: RecordFilter, group_by: Sequence[str]) -> pl.LazyFrame: ...
+    def count_records(self, flt: RecordFilter, *, as_of: datetime | None = None) -> int: ...
+    def count_by(
+        self, flt: RecordFilter, group_by: Sequence[str], *, as_of: datetime | None = None
+    ) -> pl.LazyFrame: ...
     def patch(self, message_id: str, changes: Mapping[str, Any]) -> TrackingRecord | None: ...
     def close(self) -> None: ...
 
@@ -92,6 +97,11 @@ class BaseStore:
     def _hash_number(self, number: str, field: str) -> str:
         return self.hash_key.hash_number(number, field=field)
 
+    def _base(self, flt: RecordFilter, as_of: datetime | None) -> pl.LazyFrame:
+        if as_of is None:
+            return self.current(flt)
+        return self.current_as_of(as_of)
+
     def list_records(
         self,
         flt: RecordFilter,
@@ -99,10 +109,12 @@ class BaseStore:
         offset: int = 0,
         order_by: str = "requested_at",
         order_direction: str = "desc",
+        *,
+        as_of: datetime | None = None,
     ) -> pl.LazyFrame:
-        """Current records matching ``flt``, ordered and paged, as a lazy query."""
+        """Current records (or those ``as_of`` a past moment) matching ``flt``, paged."""
         return q.list_records(
-            self.current(flt),
+            self._base(flt, as_of),
             self._predicate(flt),
             limit=limit,
             offset=offset,
@@ -110,13 +122,15 @@ class BaseStore:
             order_direction=order_direction,
         )
 
-    def count_records(self, flt: RecordFilter) -> int:
-        """How many current records match ``flt``."""
-        return q.count_records(self.current(flt), self._predicate(flt))
+    def count_records(self, flt: RecordFilter, *, as_of: datetime | None = None) -> int:
+        """How many current records (or records ``as_of`` a past moment) match ``flt``."""
+        return q.count_records(self._base(flt, as_of), self._predicate(flt))
 
-    def count_by(self, flt: RecordFilter, group_by: Sequence[str]) -> pl.LazyFrame:
-        """Counts of current records per group, as a lazy query."""
-        return q.count_by(self.current(flt), self._predicate(flt), group_by)
+    def count_by(
+        self, flt: RecordFilter, group_by: Sequence[str], *, as_of: datetime | None = None
+    ) -> pl.LazyFrame:
+        """Counts of current records (or records ``as_of`` a past moment) per group."""
+        return q.count_by(self._base(flt, as_of), self._predicate(flt), group_by)
 
     def get(self, message_id: str) -> TrackingRecord | None:
         """The current record of ``message_id``, or ``None``."""
@@ -150,7 +164,10 @@ class BaseStore:
     def current_as_of(self, moment: datetime) -> pl.LazyFrame:
         """The current records as the store knew them at ``moment`` (by ``recorded_at``)."""
         moment = coerce_time(moment, "as_of")
-        return q.latest(self.history().filter(pl.col("recorded_at") <= moment))
+        snapshots = self.history().filter(pl.col("recorded_at") <= moment)
+        return q.latest(snapshots).with_columns(
+            pl.col("requested_at").dt.date().alias(CURRENT_PARTITION)
+        )
 
     def patch(self, message_id: str, changes: Mapping[str, Any]) -> TrackingRecord | None:
         """Apply ``changes`` to the current record as a new ``patch`` snapshot."""
