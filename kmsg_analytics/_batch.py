@@ -20,9 +20,11 @@ from ._phone import HashKey
 from ._records import (
     DEFAULT_RETENTION_CLASS,
     MESSAGE_TYPES,
-    FailoverOptions,
     HookContext,
     SendResult,
+    SendWarning,
+    _custom_fields,
+    coerce_failover,
     coerce_time,
     pick,
 )
@@ -97,11 +99,13 @@ def _extract(context: Any, result: Any) -> tuple[Any, ...]:
         pmid is not None and not isinstance(pmid, str)
     ):
         raise _Fallback
+    if len(to) > 64 or (frm is not None and len(frm) > 64):
+        raise _Fallback
+    codes = _warning_codes(warnings)
     meta: str | None = None
-    if custom or rtype == "ALIMTALK" or typ == "ALIMTALK":
-        meta = _metadata(
-            custom, failover, warnings, alimtalk=rtype == "ALIMTALK" or typ == "ALIMTALK"
-        )
+    alimtalk = rtype == "ALIMTALK" or typ == "ALIMTALK"
+    if custom or alimtalk or failover is not None:
+        meta = _metadata(custom, failover, codes, alimtalk=alimtalk)
     return (
         mid,
         rmid,
@@ -118,47 +122,48 @@ def _extract(context: Any, result: Any) -> tuple[Any, ...]:
     )
 
 
-def _metadata(custom: Any, failover: Any, warnings: Any, *, alimtalk: bool) -> str:
-    if (custom is not None and not isinstance(custom, Mapping)) or (
-        failover is not None and not isinstance(failover, FailoverOptions | Mapping)
-    ):
+def _warning_codes(warnings: Any) -> list[str]:
+    """The codes of a result's warnings, or the careful path when any looks wrong."""
+    if not warnings:
+        return []
+    if isinstance(warnings, str | Mapping):
         raise _Fallback
-    if custom is not None and len(custom) > 1000:
-        raise _Fallback
+    codes = []
+    for w in warnings:
+        if isinstance(w, SendWarning):
+            code, message = w.code, w.message
+        elif isinstance(w, Mapping):
+            code, message = pick(w, "code"), pick(w, "message")
+        else:
+            raise _Fallback
+        if not isinstance(code, str) or not code.strip() or "\x00" in code or len(code) > 256:
+            raise _Fallback
+        if message is not None and (not isinstance(message, str) or len(message) > 4096):
+            raise _Fallback
+        codes.append(code.strip())
+    return codes
+
+
+def _metadata(custom: Any, failover: Any, codes: list[str], *, alimtalk: bool) -> str:
     meta: dict[str, Any] = {}
     if custom:
-        meta["custom_fields"] = dict(custom)
+        meta["custom_fields"] = _custom_fields(custom)  # validated and JSON-safe
+    fo = coerce_failover(failover)
     if alimtalk:
-        if isinstance(failover, Mapping):
-            failover = FailoverOptions(
-                enabled=pick(failover, "enabled"),
-                fallback_channel=pick(failover, "fallback_channel"),
-                fallback_content=pick(failover, "fallback_content"),
-                fallback_title=pick(failover, "fallback_title"),
-            )
-        if failover is not None and (
-            not isinstance(failover.enabled, bool)
-            or failover.fallback_channel not in (None, "sms", "lms")
-        ):
-            raise _Fallback
-        request = {} if failover is None else {
+        request = {} if fo is None else {
             k: v for k, v in (
-                ("enabled", failover.enabled),
-                ("fallback_channel", failover.fallback_channel),
-                ("fallback_content", failover.fallback_content),
-                ("fallback_title", failover.fallback_title),
+                ("enabled", fo.enabled),
+                ("fallback_channel", fo.fallback_channel),
+                ("fallback_content", fo.fallback_content),
+                ("fallback_title", fo.fallback_title),
             ) if v is not None
         }  # fmt: skip
-        codes = [w.code if hasattr(w, "code") else pick(w, "code") for w in (warnings or ())]
         meta["failover"] = {
             "request": request,
             "send_warning_codes": codes,
             "api_attempt": {"attempted": False, "status": "not_attempted"},
         }
-    try:
-        return dump_json(meta)
-    except (TypeError, ValueError):
-        raise _Fallback from None
+    return dump_json(meta)
 
 
 def sends_to_table(
@@ -178,11 +183,16 @@ def sends_to_table(
             rows.append(_extract(context, result))
         except Exception:
             _raise_for(pairs, i, careful)
-    frame = pl.DataFrame(
-        rows,
-        schema=dict.fromkeys(_COLUMNS, pl.String) | {"ts": pl.Int64, "scheduled": pl.Int64},
-        orient="row",
-    )
+    try:
+        frame = pl.DataFrame(
+            rows,
+            schema=dict.fromkeys(_COLUMNS, pl.String) | {"ts": pl.Int64, "scheduled": pl.Int64},
+            orient="row",
+        )
+    except Exception:  # e.g. text that is not valid Unicode: find the pair and say why
+        for i in range(len(pairs)):
+            _raise_for(pairs, i, careful, must_raise=False)
+        raise
     mid, rmid = pl.col("message_id").str.strip_chars(), pl.col("r_message_id").str.strip_chars()
     frame = frame.with_columns(
         message_id=mid,
@@ -196,7 +206,7 @@ def sends_to_table(
         return (pl.col(col) < lo) | (pl.col(col) >= hi)
 
     def bad_id(col: pl.Expr) -> pl.Expr:
-        return (col == "") | (col.str.len_chars() > 256)
+        return (col == "") | (col.str.len_chars() > 256) | col.str.contains("\x00", literal=True)
 
     bad = pl.any_horizontal(
         bad_id(pl.col("message_id")),
@@ -205,11 +215,11 @@ def sends_to_table(
         ~pl.col("type").is_in(MESSAGE_TYPES),
         ~pl.col("r_type").is_in(MESSAGE_TYPES),
         pl.col("to_norm").is_null(),
-        pl.col("to").str.strip_chars() == "",
+        normalize_numbers(pl.col("to")).is_null(),
         pl.col("from_").is_not_null() & pl.col("from_norm").is_null(),
         pl.col("ts").is_null() | out_of_range("ts"),
         pl.col("scheduled").is_not_null() & out_of_range("scheduled"),
-        pl.col("pmid").str.len_chars() > 256,
+        (pl.col("pmid").str.len_chars() > 256) | pl.col("pmid").str.contains("\x00", literal=True),
     )
     hits = frame.select(pl.arg_where(bad)).to_series()
     if hits.len():
@@ -272,7 +282,11 @@ def sends_to_table(
 
 
 def _raise_for(
-    pairs: Sequence[tuple[Any, Any]], i: int, careful: Callable[[Any, Any], Any]
+    pairs: Sequence[tuple[Any, Any]],
+    i: int,
+    careful: Callable[[Any, Any], Any],
+    *,
+    must_raise: bool = True,
 ) -> None:
     from ._errors import InvalidRecordError
 
@@ -282,5 +296,6 @@ def _raise_for(
     except InvalidRecordError as err:
         expected = str(err).split(": expected ", 1)[-1]
         raise InvalidRecordError(f"pairs[{i}].{err.field}", err.value, expected) from None
-    msg = f"pairs[{i}] was refused by the batch checks but accepted alone: please report this"
-    raise AssertionError(msg)
+    if must_raise:
+        msg = f"pairs[{i}] was refused by the batch checks but accepted alone: please report this"
+        raise AssertionError(msg)

@@ -12,14 +12,16 @@ watermark, which are kept decoded in memory between queries.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
 import shutil
 import threading
 import time
+import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -64,7 +66,10 @@ __all__ = ["CompactionReport", "ParquetTrackingStore"]
 log = logging.getLogger("kmsg_analytics.lake")
 
 _BIG_FILE = 64 << 20  # history files this large are not merged again
-_PENDING_BASE = 1 << 61  # provisional seq of rows not yet published (newer than any published)
+#: provisional seq of rows not yet published (newer than any published row)
+_PENDING_BASE = 1 << 61
+#: snapshots that (re)state a message rather than derive from its current state
+_ENTRY_KINDS = ("send", "load", "patch")
 _HIVE = {CURRENT_PARTITION: pl.Date}
 
 
@@ -141,7 +146,7 @@ class ParquetTrackingStore(BaseStore):
         self._cache_w = -1
         self._cache_files: set[Path] = set()
         self._cache_rows = pl.DataFrame(schema=POLARS_SCHEMA)
-        self._winners: pl.DataFrame | None = None
+        self._winners: tuple[tuple[date, ...] | None, tuple[pl.DataFrame, list[date]]] | None = None
         self.init()
         _open_stores.add(self)
 
@@ -380,18 +385,39 @@ class ParquetTrackingStore(BaseStore):
         """Write through the Ibis backend (DuckDB ``COPY`` by default)."""
         import ibis
 
-        self.backend.to_parquet(ibis.memtable(table), str(path), compression="zstd")
+        self._to_parquet(ibis.memtable(table), path)
+
+    def _to_parquet(self, expr: Any, path: Path) -> None:
+        if "'" in str(path) and '"' in str(path):  # the backend cannot quote such a path
+            import pyarrow.parquet as pq
+
+            with _quiet():
+                pq.write_table(expr.to_pyarrow(), path, compression="zstd")
+            return
+        with _quiet():
+            self.backend.to_parquet(expr, str(path), compression="zstd")
 
     # ------------------------------------------------------------------ reads
 
+    def _current_files(self) -> list[str]:
+        out = []
+        for entry in os.scandir(self.paths.current):
+            if entry.name.startswith(f"{CURRENT_PARTITION}=") and entry.is_dir():
+                part = os.path.join(entry.path, "part-0.parquet")
+                if os.path.exists(part):
+                    out.append(part)
+        return sorted(out)
+
     def _scan_current(self) -> pl.LazyFrame:
-        if not any(self.paths.current.glob("requested_date=*/part-0.parquet")):
+        files = self._current_files()
+        if not files:
             return pl.LazyFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
         return pl.scan_parquet(
-            str(self.paths.current / "**" / "*.parquet"),
+            files,
+            schema=POLARS_SCHEMA,
             hive_partitioning=True,
             hive_schema=_HIVE,
-            missing_columns="insert",
+            glob=False,
         )
 
     def _refresh(self) -> tuple[int, pl.DataFrame]:
@@ -423,46 +449,48 @@ class ParquetTrackingStore(BaseStore):
             rows = pl.concat([rows, pending], how="vertical")
         return w, rows
 
-    def _delta(self) -> pl.DataFrame | None:
-        """Current state of every message that changed past the watermark (or ``None``)."""
+    def _delta(self, scope: tuple[date, ...] | None) -> tuple[pl.DataFrame, list[date]] | None:
+        """Current state of every message changed past the watermark, and the days to patch.
+
+        Messages (re-)entered by a send, load or patch may already have a row in
+        ``current/``: those rows take part in the precedence rule and their days are
+        patched too, so a message is never counted twice. The rows are looked up on the
+        days in ``scope`` (a query's requested-at window) or, without one, everywhere.
+        """
         with self._mutex:
             _w, rows = self._refresh()
             if rows.is_empty():
                 return None
-            if self._winners is not None:
-                return self._winners
-            last = latest(rows.lazy()).collect()
-            send_only = last.filter(pl.col("snapshot_kind") == "send")
-            if send_only.height:
-                days = (
-                    send_only.select(pl.col("requested_at").dt.date().unique())
-                    .to_series()
-                    .to_list()
-                )
-                prior = (
-                    self._scan_current()
-                    .filter(pl.col(CURRENT_PARTITION).is_in(days))
-                    .join(send_only.lazy().select("message_id"), on="message_id", how="semi")
-                    .filter(pl.col("snapshot_kind") != "send")
-                    .select(POLARS_SCHEMA.names())
-                    .collect()
-                )
-                if prior.height:
-                    last = pl.concat(
-                        [last.join(prior.select("message_id"), on="message_id", how="anti"), prior]
-                    )
-            self._winners = last.with_columns(
-                pl.col("requested_at").dt.date().alias(CURRENT_PARTITION)
-            )
-            return self._winners
+            if self._winners is None or self._winners[0] != scope:
+                self._winners = (scope, self._resolve(rows, scope))
+            return self._winners[1]
+
+    def _resolve(
+        self, rows: pl.DataFrame, scope: tuple[date, ...] | None
+    ) -> tuple[pl.DataFrame, list[date]]:
+        entered = rows.filter(pl.col("snapshot_kind").is_in(_ENTRY_KINDS)).select("message_id")
+        found = pl.DataFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
+        if entered.height:
+            lookup = self._scan_current()
+            if scope is not None:
+                lookup = lookup.filter(pl.col(CURRENT_PARTITION).is_in(scope))
+            found = lookup.join(entered.unique().lazy(), on="message_id", how="semi").collect()
+        combined = pl.concat([found.drop(CURRENT_PARTITION), rows], how="vertical")
+        last = latest(combined.unique(["message_id", "seq"], keep="first").lazy()).collect()
+        last = last.with_columns(pl.col("requested_at").dt.date().alias(CURRENT_PARTITION))
+        days = pl.concat([last.get_column(CURRENT_PARTITION), found.get_column(CURRENT_PARTITION)])
+        return last, days.unique().to_list()
 
     def current(self, flt: RecordFilter | None = None) -> pl.LazyFrame:
-        """Current records (all columns plus ``requested_date``) as a lazy query."""
+        """Current records (all columns plus ``requested_date``) as a lazy query.
+
+        With a requested-at window in ``flt`` only that window's files are read.
+        """
         base = self._scan_current()
-        delta = self._delta()
-        if delta is None:
+        found = self._delta(_window_days(flt))
+        if found is None:
             return base
-        days = delta.get_column(CURRENT_PARTITION).unique().to_list()
+        delta, days = found
         ids = delta.lazy().select("message_id")
         untouched = base.filter(~pl.col(CURRENT_PARTITION).is_in(days))
         touched = base.filter(pl.col(CURRENT_PARTITION).is_in(days)).join(
@@ -473,12 +501,16 @@ class ParquetTrackingStore(BaseStore):
     def _open(self) -> pl.LazyFrame:
         path = self.paths.open_file()
         if path.exists():
-            base = pl.scan_parquet(path)
+            base = pl.scan_parquet(
+                path, schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date}, glob=False
+            )
         else:
             base = pl.LazyFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
-        delta = self._delta()
-        if delta is None:
+        pending_days = self._entered_days()
+        found = self._delta(pending_days)
+        if found is None:
             return base
+        delta = found[0]
         open_delta = delta.filter(pl.col("status").is_in(POLLABLE_STATUSES))
         return pl.concat(
             [
@@ -488,15 +520,26 @@ class ParquetTrackingStore(BaseStore):
             how="vertical_relaxed",
         )
 
+    def _entered_days(self) -> tuple[date, ...]:
+        """Requested days of the snapshots that (re)state messages past the watermark."""
+        with self._mutex:
+            _w, rows = self._refresh()
+            entered = rows.filter(pl.col("snapshot_kind").is_in(_ENTRY_KINDS))
+            days = entered.select(pl.col("requested_at").dt.date().unique().sort()).to_series()
+            return tuple(days.to_list())
+
     def history(self) -> pl.LazyFrame:
         """Every snapshot ever written (published ones), with ``ingest_date``."""
         self.flush()
-        if not any(self.paths.history.glob("ingest_date=*/*.parquet")):
+        files = [str(f.path) for f in self.paths.history_files()]
+        if not files:
             return pl.LazyFrame(schema={**POLARS_SCHEMA, "ingest_date": pl.Date})
         return pl.scan_parquet(
-            str(self.paths.history / "**" / "*.parquet"),
+            files,
+            schema=POLARS_SCHEMA,
             hive_partitioning=True,
             hive_schema={"ingest_date": pl.Date},
+            glob=False,
         )
 
     # ------------------------------------------------------------------ compaction
@@ -538,25 +581,28 @@ class ParquetTrackingStore(BaseStore):
             return 0, 0, state
         top = max(f.hi for f in files)
         delta = _scan_files([f.path for f in files]).filter(pl.col("seq") > w)
-        days = sorted(
-            delta.select(pl.col("requested_at").dt.date().unique().alias("d"))
-            .collect()
-            .get_column("d")
-            .to_list()
-        )
+        day_of = pl.col("requested_at").dt.date()
+        days = set(delta.select(day_of.unique().alias("d")).collect().get_column("d").to_list())
+        exclude = self._moved_locked(delta, w)
+        days |= set(exclude)
+        days_sorted = sorted(days)
         n_rows = 0
         open_parts: list[pl.DataFrame] = []
-        for i, day in enumerate(days):
+        for i, day in enumerate(days_sorted):
             if progress is not None:
-                progress(f"folding {day} ({i + 1}/{len(days)})")
+                progress(f"folding {day} ({i + 1}/{len(days_sorted)})")
             target = self.paths.current_file(day)
             start = datetime.combine(day, datetime.min.time(), UTC)
             in_day = (pl.col("requested_at") >= start) & (
                 pl.col("requested_at") < start + timedelta(days=1)
             )
             parts = [delta.filter(in_day)]  # a range, so row-group statistics prune the scan
-            if target.exists():
-                parts.insert(0, pl.scan_parquet(target))
+            if target.exists():  # rows past w are there only if a fold died: delta has them
+                parts.insert(
+                    0, pl.scan_parquet(target, schema=POLARS_SCHEMA).filter(pl.col("seq") <= w)
+                )
+            if day in exclude:
+                parts = [p.filter(~pl.col("message_id").is_in(exclude[day])) for p in parts]
             merged = (
                 latest(pl.concat(parts, how="vertical_relaxed"))
                 .sort("requested_at")
@@ -575,7 +621,7 @@ class ParquetTrackingStore(BaseStore):
         # the open set: untouched days keep their open rows, touched days bring theirs
         old_open = self.paths.open_file()
         kept = (
-            pl.read_parquet(old_open).filter(~pl.col(CURRENT_PARTITION).is_in(days))
+            pl.read_parquet(old_open).filter(~pl.col(CURRENT_PARTITION).is_in(days_sorted))
             if old_open.exists()
             else None
         )
@@ -591,7 +637,46 @@ class ParquetTrackingStore(BaseStore):
         fold_date = max(f.ingest_date for f in files).isoformat()
         state = {**state, "watermark": top, "fold_date": fold_date}
         self._write_state(state)
-        return n_rows, len(days), state
+        return n_rows, len(days_sorted), state
+
+    def _moved_locked(self, delta: pl.LazyFrame, w: int) -> dict[date, list[str]]:
+        """Messages (re-)entered past ``w`` whose current row must leave a requested day.
+
+        Returns, per day, the ids that day must not hold after the fold: the message's
+        winning snapshot (by the precedence rule) lives on another day.
+        """
+        entered = (
+            delta.filter(pl.col("snapshot_kind").is_in(_ENTRY_KINDS)).select("message_id").unique()
+        )
+        old = (
+            self._scan_current()
+            .filter(pl.col("seq") <= w)
+            .join(entered, on="message_id", how="semi")
+            .collect()
+        )
+        if old.is_empty():
+            return {}
+        ids = old.select("message_id")
+        theirs = delta.join(ids.lazy(), on="message_id", how="semi").collect()
+        both = pl.concat([old.drop(CURRENT_PARTITION), theirs], how="vertical")
+        winner_day = (
+            latest(both.lazy())
+            .select("message_id", pl.col("requested_at").dt.date().alias("winner_day"))
+            .collect()
+        )
+        placed = pl.concat(
+            [
+                old.select("message_id", pl.col(CURRENT_PARTITION).alias("day")),
+                theirs.select("message_id", pl.col("requested_at").dt.date().alias("day")),
+            ]
+        ).unique()
+        wrong = placed.join(winner_day, on="message_id").filter(
+            pl.col("day") != pl.col("winner_day")
+        )
+        out: dict[date, list[str]] = {}
+        for day, group in wrong.group_by("day"):
+            out[day[0]] = group.get_column("message_id").to_list()  # type: ignore[index]
+        return out
 
     def _merge_history_locked(
         self, state: dict[str, Any], progress: Callable[[str], None] | None
@@ -616,10 +701,11 @@ class ParquetTrackingStore(BaseStore):
                 if f not in small:  # large files stay as they are (a hard link, no copy)
                     os.link(f.path, newdir / f.path.name)
             # the backend streams the files into one, in bounded memory
-            merged = self.backend.read_parquet([str(f.path) for f in small])
-            self.backend.to_parquet(
-                merged, str(newdir / history_name(lo, hi, None)), compression="zstd"
-            )
+            with _quiet():
+                merged = self.backend.read_parquet(
+                    [str(f.path) for f in small], hive_partitioning=False
+                ).select(*SNAPSHOT_SCHEMA.names)
+            self._to_parquet(merged, newdir / history_name(lo, hi, None))
             target = self.paths.history / f"ingest_date={day.isoformat()}"
             replace_dir(newdir, target, self.paths.staging / f"trash-{day.isoformat()}")
 
@@ -642,6 +728,17 @@ class ParquetTrackingStore(BaseStore):
 SCHEMA_CAST: dict[Any, Any] = dict(POLARS_SCHEMA)
 
 
+def _window_days(flt: RecordFilter | None) -> tuple[date, ...] | None:
+    """The requested days a filter's window covers (``None``: no window, or too wide)."""
+    if flt is None or flt.requested_at_from is None or flt.requested_at_to is None:
+        return None
+    first, last = flt.requested_at_from.date(), flt.requested_at_to.date()
+    if last < first:
+        return ()
+    n = (last - first).days + 1
+    return tuple(first + timedelta(days=i) for i in range(n)) if n <= 3660 else None
+
+
 def _frame(table: pa.Table) -> pl.DataFrame:
     out = pl.from_arrow(table)
     assert isinstance(out, pl.DataFrame)
@@ -649,7 +746,9 @@ def _frame(table: pa.Table) -> pl.DataFrame:
 
 
 def _scan_files(paths: list[Path]) -> pl.LazyFrame:
-    return pl.scan_parquet([str(p) for p in paths], hive_partitioning=False).cast(SCHEMA_CAST)
+    return pl.scan_parquet(
+        [str(p) for p in paths], schema=POLARS_SCHEMA, hive_partitioning=False, glob=False
+    )
 
 
 def _read_files(paths: list[Path]) -> pl.DataFrame:
@@ -658,6 +757,14 @@ def _read_files(paths: list[Path]) -> pl.DataFrame:
     except (pl.exceptions.ComputeError, OSError) as err:
         msg = f"cannot read the lake's history files ({err}); run `kmsg-analytics doctor`"
         raise LakeCorruptError(msg) from err
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the DuckDB 2 deprecation that Ibis 12 triggers (not ours to fix)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "fetch_arrow_table", DeprecationWarning)
+        yield
 
 
 def _now_micros() -> int:

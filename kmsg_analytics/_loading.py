@@ -61,7 +61,7 @@ def hash_numbers(normalized: pl.Series, key: HashKey) -> pl.Series:
 
 
 def _first_bad(frame: pl.DataFrame, bad: pl.Expr, field: str, expected: str) -> None:
-    hit = frame.select(pl.col("message_id"), pl.col(field).alias("_v")).filter(bad).head(1)
+    hit = frame.filter(bad).select(pl.col("message_id"), pl.col(field).alias("_v")).head(1)
     if hit.height:
         value, mid = hit.item(0, "_v"), hit.item(0, "message_id")
         raise InvalidRecordError(f"{field} (message_id={mid!r})", value, expected)
@@ -116,13 +116,19 @@ def frame_to_table(source: Any, key: HashKey, *, keep_numbers: bool) -> pa.Table
             raise InvalidRecordError(name, str(frame.schema[name]), "a string column")
     _first_bad(
         frame,
-        pl.col("message_id").is_null() | (pl.col("message_id").str.strip_chars() == ""),
+        pl.col("message_id").is_null()
+        | (pl.col("message_id").str.strip_chars() == "")
+        | (pl.col("message_id").str.len_chars() > 256)
+        | pl.col("message_id").str.contains("\x00", literal=True),
         "message_id",
-        "a non-empty id",
+        "a non-empty id of at most 256 characters without NUL",
     )
     _first_bad(
         frame,
-        pl.col("provider_id").is_null() | (pl.col("provider_id") == ""),
+        pl.col("provider_id").is_null()
+        | (pl.col("provider_id").str.strip_chars() == "")
+        | (pl.col("provider_id").str.len_chars() > 256)
+        | pl.col("provider_id").str.contains("\x00", literal=True),
         "provider_id",
         "a non-empty id",
     )
@@ -164,17 +170,24 @@ def frame_to_table(source: Any, key: HashKey, *, keep_numbers: bool) -> pa.Table
         if number in frame.columns and frame.schema[number] != pl.Null:
             norm = f"__{prefix}_norm"
             frame = frame.with_columns(normalize_numbers(pl.col(number)).alias(norm))
+            missing_ok = number == "from_" or "to_hash" in frame.columns
             _first_bad(
                 frame,
-                pl.col(number).is_not_null() & pl.col(norm).is_null(),
+                (pl.col(number).is_not_null() & pl.col(norm).is_null())
+                | (pl.col(number).is_null() & (not missing_ok)),
                 number,
                 "a phone number of 3 to 20 digits",
             )
             frame = frame.with_columns(
                 hash_numbers(frame.get_column(norm), key).alias(f"__{prefix}_hash")
             )
-            cols[f"{prefix}_hash"] = pl.col(f"__{prefix}_hash")
-            cols[f"{prefix}_masked"] = mask_numbers(pl.col(norm))
+            given_hash, given_mask = f"{prefix}_hash", f"{prefix}_masked"
+            cols[given_hash] = pl.col(f"__{prefix}_hash")
+            cols[given_mask] = mask_numbers(pl.col(norm))
+            if given_hash in frame.columns:  # rows without a number keep the hash they came with
+                cols[given_hash] = pl.coalesce(cols[given_hash], pl.col(given_hash))
+            if given_mask in frame.columns:
+                cols[given_mask] = pl.coalesce(cols[given_mask], pl.col(given_mask))
     if "to_hash" not in cols:
         _first_bad(
             frame,

@@ -133,8 +133,8 @@ def list_records(
         raise InvalidRecordError("order_by", order_by, "one of " + ", ".join(ORDER_FIELDS))
     if order_direction not in ("asc", "desc"):
         raise InvalidRecordError("order_direction", order_direction, "'asc' or 'desc'")
-    limit = _whole("limit", limit)
-    offset = max(0, _whole("offset", offset))
+    limit = whole("limit", limit)
+    offset = max(0, whole("offset", offset))
     frame = current.filter(predicate).select(RECORD_COLUMNS)
     if limit <= 0:
         return frame.head(0)
@@ -144,7 +144,7 @@ def list_records(
     ).slice(offset, limit)
 
 
-def _whole(name: str, value: object) -> int:
+def whole(name: str, value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidRecordError(name, value, "a whole number")
     return value

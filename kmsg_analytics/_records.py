@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from ._errors import InvalidRecordError
+from ._phone import normalize_number
 
 __all__ = [
     "DELIVERY_STATUSES",
@@ -210,6 +211,7 @@ class RecordFilter:
             for item in items:
                 if not isinstance(item, str):
                     raise InvalidRecordError(name, item, "a string")
+                _utf8(item, name)
             if name == "status":
                 for item in items:
                     _check_choice("status", item, _STATUS_SET, DELIVERY_STATUSES)
@@ -320,6 +322,15 @@ def coerce_id(value: object, name: str, *, allow_empty: bool = False) -> str:
         raise InvalidRecordError(name, value, f"at most {_MAX_ID_LEN} characters")
     if "\x00" in text:
         raise InvalidRecordError(name, value, "a string without NUL characters")
+    return _utf8(text, name)
+
+
+def _utf8(text: str, name: str) -> str:
+    """``text`` if it encodes as UTF-8 (no lone surrogates), else a clear error."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRecordError(name, text, "valid Unicode text (no lone surrogates)") from None
     return text
 
 
@@ -333,7 +344,7 @@ def coerce_text(value: object, name: str) -> str | None:
         raise InvalidRecordError(name, value, "a string or None")
     if len(value) > _MAX_TEXT_LEN:
         raise InvalidRecordError(name, value, f"at most {_MAX_TEXT_LEN} characters")
-    return value
+    return _utf8(value, name)
 
 
 def coerce_json(value: object, name: str) -> Any:
@@ -397,9 +408,13 @@ def _as_mapping(value: object, name: str) -> Mapping[str, Any]:
 
 def coerce_failover(value: object) -> FailoverOptions | None:
     """Accept a :class:`FailoverOptions` or its mapping (snake_case or camelCase)."""
-    if value is None or isinstance(value, FailoverOptions):
-        return value
-    data = _as_mapping(value, "failover")
+    if value is None:
+        return None
+    data: Mapping[str, Any]
+    if isinstance(value, FailoverOptions):
+        data = {f.name: getattr(value, f.name) for f in fields(value)}
+    else:
+        data = _as_mapping(value, "failover")
     enabled = pick(data, "enabled")
     if not isinstance(enabled, bool):
         raise InvalidRecordError("failover.enabled", enabled, "true or false")
@@ -489,6 +504,7 @@ def _check_number(value: object, name: str) -> str:
         raise InvalidRecordError(name, value, "a phone number string such as '010-1234-5678'")
     if len(value) > 64:
         raise InvalidRecordError(name, value, "a phone number of at most 64 characters")
+    normalize_number(value, field=name)  # raises naming the field when it is no number
     return value
 
 
@@ -526,6 +542,8 @@ def coerce_filter(
         }
     elif value is not None:
         for key, item in _as_mapping(value, "filter").items():
+            if not isinstance(key, str):
+                raise InvalidRecordError("filter", key, "field names as strings")
             merged[_snake(key)] = item
     for key, item in fields_.items():
         merged[_snake(key)] = item

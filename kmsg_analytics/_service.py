@@ -316,7 +316,12 @@ class DeliveryTrackingService(PollingMixin):
         ``retention_class`` and ``requested_at_hour|day|week|month``.
         """
         self.init()
-        groups = [group_by] if isinstance(group_by, str) else list(group_by)
+        if isinstance(group_by, str):
+            groups = [group_by]
+        elif isinstance(group_by, Iterable) and not isinstance(group_by, Mapping):
+            groups = list(group_by)
+        else:
+            raise InvalidRecordError("group_by", group_by, "a field name or a list of them")
         return self.store.count_by(coerce_filter(filter, **filters), groups, as_of=_as_of(as_of))
 
     def list_due(self, now: datetime | None = None, limit: int = 200) -> list[TrackingRecord]:

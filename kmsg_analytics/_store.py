@@ -142,6 +142,7 @@ class BaseStore:
 
     def list_due(self, now: datetime, limit: int) -> list[TrackingRecord]:
         """Non-terminal records whose next check is due, earliest first (ties by id)."""
+        limit = q.whole("limit", limit)
         if limit <= 0:
             return []
         now = coerce_time(now, "now")

@@ -1,4 +1,4 @@
-"""The ``kmsg-analytics`` command line: demo, stats, count-by, compact, poll."""
+"""The ``kmsg-analytics`` command line: demo, stats, count-by, compact, import, export."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
+from ._cli_io import add_export_parser, add_import_parser
 from ._errors import KmsgAnalyticsError
 
 __all__ = ["main"]
@@ -142,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     compact = sub.add_parser("compact", help="fold snapshots and merge small files")
     compact.add_argument("--lake", type=Path, default=DEFAULT_LAKE)
     compact.set_defaults(func=cmd_compact)
+
+    add_import_parser(sub)
+    add_export_parser(sub)
     return parser
 
 
