@@ -15,7 +15,8 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from ._loading import hash_numbers, mask_numbers, normalize_numbers
+from ._crypto import NumberCipher
+from ._loading import hash_numbers, mask_numbers, normalize_numbers, seal_numbers
 from ._phone import HashKey
 from ._records import (
     DEFAULT_RETENTION_CLASS,
@@ -171,6 +172,7 @@ def sends_to_table(
     *,
     key: HashKey,
     keep_numbers: bool,
+    cipher: NumberCipher | None = None,
     now: int,
     initial_delay_us: int,
     grace_us: int,
@@ -231,6 +233,8 @@ def sends_to_table(
         from_hash=hash_numbers(frame.get_column("from_norm"), key),
         to_masked=mask_numbers(pl.col("to_norm")),
         from_masked=mask_numbers(pl.col("from_norm")),
+        to_enc=seal_numbers(frame.get_column("to_norm"), cipher, "to"),
+        from_enc=seal_numbers(frame.get_column("from_norm"), cipher, "from_"),
     ).select(
         seq=pl.lit(0, pl.Int64),
         snapshot_kind=pl.lit("send"),
@@ -245,6 +249,8 @@ def sends_to_table(
         to_masked=pl.col("to_masked"),
         from_hash=pl.col("from_hash"),
         from_masked=pl.col("from_masked"),
+        to_enc=pl.col("to_enc"),
+        from_enc=pl.col("from_enc"),
         requested_at=pl.col("ts").cast(ts_type),
         scheduled_at=pl.col("scheduled").cast(ts_type),
         status=pl.when(missing)

@@ -56,7 +56,7 @@ from ._schema import (
     record_to_row,
     rows_to_table,
 )
-from ._store import BaseStore
+from ._store import BaseStore, NumberStorage
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -96,8 +96,15 @@ class ParquetTrackingStore(BaseStore):
     hash_key
         Key of the number hashes; see :func:`kmsg_analytics.resolve_hash_key`. A lake
         remembers the key's id and refuses another key.
+    numbers
+        How numbers are kept at rest: ``"encrypted"`` (default; AES-256-GCM, the key from
+        ``keys``, else ``$KMSG_ANALYTICS_KEY``, else ``~/.config/kmsg-analytics/lake.key``),
+        ``"hashed"`` (hash and mask only) or ``"plain"`` (in clear, only when asked for).
+        Hash and mask are always kept; queries show masks.
+    keys
+        A key provider, a ``{kid: key}`` mapping, a callable returning one, or a key file.
     keep_numbers
-        Keep ``to``/``from_`` in clear (default ``False``: hash and mask only).
+        Shorthand for ``numbers="plain"``.
     flush_rows, flush_seconds
         Single sends are acknowledged through the write-ahead log and published in
         batches of up to ``flush_rows`` rows or after ``flush_seconds``.
@@ -124,12 +131,14 @@ class ParquetTrackingStore(BaseStore):
         backend: Any = None,
         hash_key: HashKey | bytes | str | None = None,
         keep_numbers: bool = False,
+        numbers: NumberStorage | None = None,
+        keys: Any = None,
         flush_rows: int = 50_000,
         flush_seconds: float = 1.0,
         compact_rows: int = 250_000,
         fsync: bool = False,
     ) -> None:
-        super().__init__(hash_key=hash_key, keep_numbers=keep_numbers)
+        super().__init__(hash_key=hash_key, keep_numbers=keep_numbers, numbers=numbers, keys=keys)
         self.paths = LakePaths(Path(path))
         self._backend = backend
         self._flush_rows = flush_rows
@@ -648,15 +657,28 @@ class ParquetTrackingStore(BaseStore):
         entered = (
             delta.filter(pl.col("snapshot_kind").is_in(_ENTRY_KINDS)).select("message_id").unique()
         )
-        old = (
-            self._scan_current()
-            .filter(pl.col("seq") <= w)
-            .join(entered, on="message_id", how="semi")
-            .collect()
+        current = self._scan_current().filter(pl.col("seq") <= w)
+        day = pl.col("requested_at").dt.date().alias("day")
+        pairs = pl.concat(
+            [
+                current.join(entered, on="message_id", how="semi").select(
+                    "message_id", pl.col(CURRENT_PARTITION).alias("day")
+                ),
+                delta.join(entered, on="message_id", how="semi").select("message_id", day),
+            ]
         )
-        if old.is_empty():
+        # only messages seen on more than one requested day can be misplaced
+        ids = (
+            pairs.unique()
+            .group_by("message_id")
+            .agg(pl.len().alias("n"))
+            .filter(pl.col("n") > 1)
+            .select("message_id")
+            .collect(engine="streaming")
+        )
+        if ids.is_empty():
             return {}
-        ids = old.select("message_id")
+        old = current.join(ids.lazy(), on="message_id", how="semi").collect()
         theirs = delta.join(ids.lazy(), on="message_id", how="semi").collect()
         both = pl.concat([old.drop(CURRENT_PARTITION), theirs], how="vertical")
         winner_day = (

@@ -8,6 +8,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
+from ._crypto import NumberCipher
 from ._errors import InvalidRecordError
 from ._phone import HashKey
 from ._records import DEFAULT_RETENTION_CLASS, DELIVERY_STATUSES, MESSAGE_TYPES, RETENTION_CLASSES
@@ -89,7 +90,18 @@ def _as_time(frame: pl.DataFrame, name: str) -> pl.Expr:
     )
 
 
-def frame_to_table(source: Any, key: HashKey, *, keep_numbers: bool) -> pa.Table:
+def seal_numbers(normalized: pl.Series, cipher: NumberCipher | None, field: str) -> pl.Series:
+    """Envelopes of normalised numbers, each distinct number sealed once (nulls: no cipher)."""
+    if cipher is None:
+        return pl.Series(normalized.name, [None] * normalized.len(), dtype=pl.String)
+    uniq = normalized.drop_nulls().unique().to_list()
+    mapping = {v: cipher.seal(v, field) for v in uniq}
+    return normalized.replace_strict(mapping, default=None, return_dtype=pl.String)
+
+
+def frame_to_table(
+    source: Any, key: HashKey, *, keep_numbers: bool, cipher: NumberCipher | None = None
+) -> pa.Table:
     """Validate a frame of records and return it as an Arrow table in lake form.
 
     Raises :class:`InvalidRecordError` naming the column, the first bad value and its
@@ -181,6 +193,12 @@ def frame_to_table(source: Any, key: HashKey, *, keep_numbers: bool) -> pa.Table
             frame = frame.with_columns(
                 hash_numbers(frame.get_column(norm), key).alias(f"__{prefix}_hash")
             )
+            frame = frame.with_columns(
+                seal_numbers(frame.get_column(norm), cipher, number).alias(f"__{prefix}_enc")
+            )
+            cols[f"{prefix}_enc"] = pl.col(f"__{prefix}_enc")
+            if f"{prefix}_enc" in frame.columns:
+                cols[f"{prefix}_enc"] = pl.coalesce(cols[f"{prefix}_enc"], pl.col(f"{prefix}_enc"))
             given_hash, given_mask = f"{prefix}_hash", f"{prefix}_masked"
             cols[given_hash] = pl.col(f"__{prefix}_hash")
             cols[given_mask] = mask_numbers(pl.col(norm))

@@ -163,6 +163,9 @@ class TrackingRecord:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     retention_class: str = DEFAULT_RETENTION_CLASS
     retention_bucket_ym: int = 0
+    #: the numbers sealed at rest (AES-256-GCM envelopes); not compared, not shown
+    to_enc: str | None = field(default=None, compare=False, repr=False)
+    from_enc: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_terminal(self) -> bool:
@@ -633,4 +636,6 @@ def coerce_record(value: object) -> TrackingRecord:
             pick(data, "retention_class") or DEFAULT_RETENTION_CLASS
         ),
         retention_bucket_ym=expected_bucket,
+        to_enc=coerce_text(pick(data, "to_enc"), "to_enc"),
+        from_enc=coerce_text(pick(data, "from_enc"), "from_enc"),
     )

@@ -52,6 +52,8 @@ SNAPSHOT_SCHEMA: Final = pa.schema(
         pa.field("to_masked", pa.string(), nullable=False),
         pa.field("from_hash", pa.string()),
         pa.field("from_masked", pa.string()),
+        pa.field("to_enc", pa.string()),
+        pa.field("from_enc", pa.string()),
         pa.field("requested_at", _TS, nullable=False),
         pa.field("scheduled_at", _TS),
         pa.field("status", pa.string(), nullable=False),
@@ -76,9 +78,12 @@ SNAPSHOT_SCHEMA: Final = pa.schema(
 POLARS_SCHEMA: Final = pl.DataFrame(SNAPSHOT_SCHEMA.empty_table()).schema
 
 #: The columns of a record, in the order of the frames ``list_records`` returns.
-RECORD_COLUMNS: Final = tuple(
+#: Every field of a record (what ``get_record`` reads), envelopes of sealed numbers included.
+FULL_RECORD_COLUMNS: Final = tuple(
     n for n in SNAPSHOT_SCHEMA.names if n not in ("seq", "snapshot_kind", "recorded_at")
 )
+#: The columns of the frames queries return: the record without the sealed numbers.
+RECORD_COLUMNS: Final = tuple(n for n in FULL_RECORD_COLUMNS if n not in ("to_enc", "from_enc"))
 
 HISTORY_PARTITION: Final = "ingest_date"
 CURRENT_PARTITION: Final = "requested_date"
@@ -137,6 +142,8 @@ def record_to_row(
         "to_masked": record.to_masked,
         "from_hash": record.from_hash,
         "from_masked": record.from_masked,
+        "to_enc": record.to_enc,
+        "from_enc": record.from_enc,
         "requested_at": to_micros(record.requested_at),
         "scheduled_at": to_micros(record.scheduled_at),
         "status": record.status,
@@ -196,6 +203,8 @@ def row_to_record(row: Mapping[str, Any]) -> TrackingRecord:
         metadata=json.loads(row["metadata"]),
         retention_class=row["retention_class"],
         retention_bucket_ym=int(row["retention_bucket_ym"]),
+        to_enc=row.get("to_enc"),
+        from_enc=row.get("from_enc"),
     )
 
 

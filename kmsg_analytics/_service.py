@@ -190,6 +190,8 @@ class DeliveryTrackingService(PollingMixin):
             to_masked=numbers["to_masked"],
             from_hash=numbers.get("from_hash"),
             from_masked=numbers.get("from_masked"),
+            to_enc=numbers.get("to_enc"),
+            from_enc=numbers.get("from_enc"),
             requested_at=requested_at,
             scheduled_at=scheduled,
             status=status,
@@ -232,6 +234,7 @@ class DeliveryTrackingService(PollingMixin):
             batch,
             key=self.store.hash_key,
             keep_numbers=self.store.keep_numbers,
+            cipher=self.store.cipher,  # type: ignore[attr-defined]
             now=now,
             initial_delay_us=_us(self._initial_delay),
             grace_us=_us(self._scheduled_grace),
@@ -248,7 +251,12 @@ class DeliveryTrackingService(PollingMixin):
         are. Validation is vectorised; bad input raises before anything is written.
         """
         self.init()
-        table = frame_to_table(frame, self.store.hash_key, keep_numbers=self.store.keep_numbers)
+        table = frame_to_table(
+            frame,
+            self.store.hash_key,
+            keep_numbers=self.store.keep_numbers,
+            cipher=self.store.cipher,  # type: ignore[attr-defined]
+        )
         self.store.append_table(table, kind="load", recorded_at=_micros(self.clock()))
         return int(table.num_rows)
 

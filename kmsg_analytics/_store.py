@@ -12,18 +12,20 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import polars as pl
 import pyarrow as pa
 
 from . import _queries as q
+from ._crypto import NumberCipher, resolve_key_provider
+from ._errors import InvalidRecordError
 from ._phone import HashKey, mask_number, normalize_number, resolve_hash_key
 from ._records import POLLABLE_STATUSES, RecordFilter, TrackingRecord, coerce_time
 from ._schema import (
     CURRENT_PARTITION,
     POLARS_SCHEMA,
-    RECORD_COLUMNS,
+    FULL_RECORD_COLUMNS,
     SnapshotKind,
     record_to_row,
     row_to_record,
@@ -31,7 +33,11 @@ from ._schema import (
     to_micros,
 )
 
-__all__ = ["InMemoryTrackingStore", "TrackingStore"]
+__all__ = ["InMemoryTrackingStore", "NumberStorage", "TrackingStore"]
+
+#: How a store keeps phone numbers: sealed with AES-256-GCM (default), as keyed hashes and
+#: masks only, or in clear (only when asked for). Hash and mask are always kept.
+NumberStorage = Literal["encrypted", "hashed", "plain"]
 
 
 @runtime_checkable
@@ -83,9 +89,45 @@ class BaseStore:
     keep_numbers: bool
     _partitioned: bool = False
 
-    def __init__(self, *, hash_key: HashKey | bytes | str | None, keep_numbers: bool) -> None:
+    def __init__(
+        self,
+        *,
+        hash_key: HashKey | bytes | str | None,
+        keep_numbers: bool,
+        numbers: NumberStorage | None = None,
+        keys: Any = None,
+    ) -> None:
         self.hash_key = resolve_hash_key(hash_key)
-        self.keep_numbers = bool(keep_numbers)
+        if numbers is None:
+            numbers = "plain" if keep_numbers else "encrypted"
+        if numbers not in ("encrypted", "hashed", "plain"):
+            expected = "'encrypted', 'hashed' or 'plain'"
+            raise InvalidRecordError("numbers", numbers, expected)
+        self.numbers: NumberStorage = numbers
+        self.keep_numbers = numbers == "plain"
+        self._keys = keys
+        self._cipher: NumberCipher | None = None
+
+    @property
+    def cipher(self) -> NumberCipher | None:
+        """What seals numbers at rest (``None`` unless numbers are stored encrypted)."""
+        if self.numbers != "encrypted":
+            return None
+        if self._cipher is None:
+            self._cipher = NumberCipher(resolve_key_provider(self._keys))
+        return self._cipher
+
+    def reveal_numbers(self, record: TrackingRecord) -> tuple[str | None, str | None]:
+        """``(to, from_)`` in clear: the only way numbers leave an encrypted store.
+
+        Raises :class:`KeyUnavailableError` where the key is not available.
+        """
+        if record.to is not None or record.to_enc is None:
+            return record.to, record.from_
+        cipher = self.cipher or NumberCipher(resolve_key_provider(self._keys))
+        to = cipher.open(record.to_enc, "to")
+        frm = None if record.from_enc is None else cipher.open(record.from_enc, "from_")
+        return to, frm
 
     # the one thing a store must provide for reading
     def current(self, flt: RecordFilter | None = None) -> pl.LazyFrame:  # pragma: no cover
@@ -137,7 +179,7 @@ class BaseStore:
         rows = self.current(RecordFilter(message_id=message_id)).filter(
             pl.col("message_id") == message_id
         )
-        found = rows.select(RECORD_COLUMNS).collect().to_dicts()
+        found = rows.select(FULL_RECORD_COLUMNS).collect().to_dicts()
         return row_to_record(found[0]) if found else None
 
     def list_due(self, now: datetime, limit: int) -> list[TrackingRecord]:
@@ -149,7 +191,7 @@ class BaseStore:
         frame = (
             self._open()
             .filter(pl.col("status").is_in(POLLABLE_STATUSES) & (pl.col("next_check_at") <= now))
-            .select(RECORD_COLUMNS)
+            .select(FULL_RECORD_COLUMNS)
             .sort(["next_check_at", "message_id"])
             .head(limit)
             .collect()
@@ -194,11 +236,15 @@ class BaseStore:
             "to": to if self.keep_numbers else None,
             "from_": from_ if self.keep_numbers else None,
         }
+        cipher = self.cipher
         for name, number in (("to", to), ("from", from_)):
             if number is not None:
-                norm = normalize_number(number, field="from_" if name == "from" else name)
+                field = "from_" if name == "from" else name
+                norm = normalize_number(number, field=field)
                 out[f"{name}_hash"] = self.hash_key.hash_normalized(norm)
                 out[f"{name}_masked"] = mask_number(norm)
+                if cipher is not None:
+                    out[f"{name}_enc"] = cipher.seal(norm, field)
         return out
 
     def protect(self, record: TrackingRecord) -> TrackingRecord:
@@ -218,8 +264,15 @@ class InMemoryTrackingStore(BaseStore):
     ----------
     hash_key
         Key of the number hashes; see :func:`kmsg_analytics.resolve_hash_key`.
+    numbers
+        How numbers are kept at rest: ``"encrypted"`` (default; AES-256-GCM, the key from
+        ``keys``, else ``$KMSG_ANALYTICS_KEY``, else ``~/.config/kmsg-analytics/lake.key``),
+        ``"hashed"`` (hash and mask only) or ``"plain"`` (in clear, only when asked for).
+        Hash and mask are always kept; queries show masks.
+    keys
+        A key provider, a ``{kid: key}`` mapping, a callable returning one, or a key file.
     keep_numbers
-        Keep ``to``/``from_`` in clear beside their hash and mask (default ``False``).
+        Shorthand for ``numbers="plain"``.
 
     Examples
     --------
@@ -229,9 +282,14 @@ class InMemoryTrackingStore(BaseStore):
     """
 
     def __init__(
-        self, *, hash_key: HashKey | bytes | str | None = None, keep_numbers: bool = False
+        self,
+        *,
+        hash_key: HashKey | bytes | str | None = None,
+        keep_numbers: bool = False,
+        numbers: NumberStorage | None = None,
+        keys: Any = None,
     ) -> None:
-        super().__init__(hash_key=hash_key, keep_numbers=keep_numbers)
+        super().__init__(hash_key=hash_key, keep_numbers=keep_numbers, numbers=numbers, keys=keys)
         self._lock = threading.RLock()
         self._current: dict[str, dict[str, Any]] = {}
         self._history: list[dict[str, Any]] = []

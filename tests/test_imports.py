@@ -63,6 +63,7 @@ def test_headless_paths_import_no_notebook_extras(tmp_path: Path) -> None:
     script = f"NOTEBOOK_ONLY = {NOTEBOOK_ONLY!r}\n{HEADLESS_SCRIPT}"
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}
     env.pop("KMSG_ANALYTICS_HASH_KEY", None)
+    env["KMSG_ANALYTICS_KEY"] = "k1:" + "ab" * 32  # keys given: no key file is created
     proc = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path / "lake")],
         capture_output=True,
