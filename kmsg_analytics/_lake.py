@@ -141,6 +141,7 @@ class ParquetTrackingStore(BaseStore):
         super().__init__(hash_key=hash_key, keep_numbers=keep_numbers, numbers=numbers, keys=keys)
         self.paths = LakePaths(Path(path))
         self._backend = backend
+        self._owns_backend = backend is None
         self._flush_rows = flush_rows
         self._flush_seconds = flush_seconds
         self._compact_rows = compact_rows
@@ -223,6 +224,10 @@ class ParquetTrackingStore(BaseStore):
                 self._timer = None
             self.flush()
             self._wal.close()
+            if self._owns_backend and self._backend is not None:
+                with contextlib.suppress(Exception):
+                    self._backend.disconnect()
+                self._backend = None
             self._closed = True
         _open_stores.discard(self)
 
