@@ -6,6 +6,7 @@ send recorded as snapshots in a Parquet lake, queried with lazy Polars.
 
 from __future__ import annotations
 
+from ._crypto import KeyUnavailableError
 from ._errors import (
     InvalidRecordError,
     KmsgAnalyticsError,
@@ -15,6 +16,16 @@ from ._errors import (
 )
 from ._lake import CompactionReport, ParquetTrackingStore
 from ._phone import HashKey, mask_number, normalize_number, resolve_hash_key
+from ._providers import (
+    ApiFailoverConfig,
+    DeliveryStatusQuery,
+    DeliveryStatusResult,
+    FailoverRule,
+    PollingConfig,
+    Provider,
+    ProviderError,
+    RunReport,
+)
 from ._records import (
     DELIVERY_STATUSES,
     MESSAGE_TYPES,
@@ -30,8 +41,10 @@ from ._records import (
     TrackingError,
     TrackingRecord,
 )
+from ._runner import poll_until_stopped
 from ._schema import SNAPSHOT_SCHEMA
 from ._service import DeliveryTrackingService
+from ._simulated import SimulatedClock, SimulatedProvider
 from ._store import InMemoryTrackingStore, TrackingStore
 
 __version__ = "0.1.0"
@@ -43,27 +56,39 @@ __all__ = [
     "RETENTION_CLASSES",
     "SNAPSHOT_SCHEMA",
     "TERMINAL_STATUSES",
+    "ApiFailoverConfig",
     "CompactionReport",
+    "DeliveryStatusQuery",
+    "DeliveryStatusResult",
     "DeliveryTrackingService",
     "FailoverOptions",
+    "FailoverRule",
     "HashKey",
     "HookContext",
     "InMemoryTrackingStore",
     "InvalidRecordError",
+    "KeyUnavailableError",
     "KmsgAnalyticsError",
     "LakeCorruptError",
     "LakeError",
     "LakeFormatError",
     "ParquetTrackingStore",
+    "PollingConfig",
+    "Provider",
+    "ProviderError",
     "RecordFilter",
+    "RunReport",
     "SendOptions",
     "SendResult",
     "SendWarning",
+    "SimulatedClock",
+    "SimulatedProvider",
     "TrackingError",
     "TrackingRecord",
     "TrackingStore",
     "__version__",
     "mask_number",
     "normalize_number",
+    "poll_until_stopped",
     "resolve_hash_key",
 ]

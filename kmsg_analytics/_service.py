@@ -16,6 +16,7 @@ import pyarrow as pa
 from ._batch import sends_to_table
 from ._errors import InvalidRecordError
 from ._loading import frame_to_table
+from ._providers import coerce_api_failover, coerce_polling
 from ._records import (
     DEFAULT_RETENTION_CLASS,
     HookContext,
@@ -103,8 +104,8 @@ class DeliveryTrackingService(PollingMixin):
             ids[pid] = provider
         self.providers: dict[str, Any] = ids
         self.store: TrackingStore = store if store is not None else InMemoryTrackingStore()
-        self.polling = polling
-        self.api_failover = api_failover
+        self.polling = coerce_polling(polling)
+        self.api_failover = coerce_api_failover(api_failover)
         self.clock: Clock = clock or _utc_now
         self._initial_delay = _ms(polling, "initial_delay_ms", _INITIAL_DELAY)
         self._scheduled_grace = _ms(polling, "scheduled_grace_ms", _SCHEDULED_GRACE)

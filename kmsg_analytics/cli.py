@@ -6,7 +6,7 @@ import argparse
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -45,34 +45,80 @@ def _open_lake(path: Path):  # type: ignore[no-untyped-def]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Build the demo lake from the seeded generator and print its count_by tables."""
+    """The main job: a demo lake of history, a batch of sends polled to completion, a summary."""
+    from ._providers import ApiFailoverConfig
     from ._records import RecordFilter
-    from ._synthetic import build_demo_lake
+    from ._runner import poll_until_stopped
+    from ._service import DeliveryTrackingService
+    from ._simulated import SimulatedClock, SimulatedProvider, demo_sends
+    from ._synthetic import DEFAULT_END, build_demo_lake
 
     started = time.perf_counter()
-    print(
-        f"building a demo lake of {args.n:,} messages (seed {args.seed}) at {args.lake} ...",
-        flush=True,
+    print(f"1/4 building a demo lake of {args.n:,} messages (seed {args.seed}) at {args.lake}")
+    store = build_demo_lake(args.lake, n=args.n, seed=args.seed, end=DEFAULT_END)
+    clock = SimulatedClock(DEFAULT_END)
+    gateways = [SimulatedProvider(pid, seed=args.seed, clock=clock) for pid in ("solapi", "iwinv")]
+    svc = DeliveryTrackingService(
+        gateways,
+        store=store,
+        clock=clock,
+        api_failover=ApiFailoverConfig(gateways[1].send_fallback),
     )
-    store = build_demo_lake(args.lake, n=args.n, seed=args.seed)
     try:
+        print(f"2/4 recording {args.sends:,} sends through the simulated gateways")
+        pairs = demo_sends(
+            gateways, args.sends, start=clock(), seed=args.seed, every=timedelta(milliseconds=200)
+        )
+        svc.record_sends(pairs)
+        print("3/4 polling them to completion on a simulated clock (a run per simulated minute)")
+        total = poll_until_stopped(svc, interval=60, until_idle=True, out=_every(10))
+        print(f"    all runs: {total.summary_line()}")
+        store.compact()
+        print("4/4 summary")
         everything = RecordFilter()
         _print_frame(
             "messages by provider and status",
             store.count_by(everything, ["provider_id", "status"]).collect(),
         )
-        _print_frame("messages by type", store.count_by(everything, ["type"]).collect())
         _print_frame(
             "failures by provider status code",
             store.count_by(
                 RecordFilter(status="FAILED"), ["provider_id", "provider_status_code"]
             ).collect(),
         )
+        _print_summary(svc, args)
         took = time.perf_counter() - started
         print(f"\n{store.count_records(everything):,} messages in {args.lake} ({took:.1f} s)")
     finally:
-        store.close()
+        svc.close()
     return 0
+
+
+def _every(n: int) -> Callable[[str], None]:
+    """A progress printer that shows every ``n``-th line (and the closing one)."""
+    seen = [0]
+
+    def out(line: str) -> None:
+        seen[0] += 1
+        if seen[0] % n == 1 or n == 1 or not line.startswith("["):
+            print("   ", line, flush=True)
+
+    return out
+
+
+def _print_summary(svc: object, args: argparse.Namespace) -> None:
+    """Delivery rates of the demo lake (and charts, where the notebook extra is installed)."""
+    try:
+        from ._analytics import DeliveryAnalytics
+    except ImportError:  # pragma: no cover - analytics ships with the core
+        return
+    from ._synthetic import DEFAULT_END
+
+    analytics = DeliveryAnalytics(svc)
+    start = DEFAULT_END - timedelta(days=90)
+    end = DEFAULT_END + timedelta(days=2)
+    summary = analytics.summary(start, end, include_by_provider=True)
+    _print_frame("delivery summary (k-msg getSummary)", summary.to_polars())
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -117,14 +163,34 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_poll(args: argparse.Namespace) -> int:
+    """Poll a lake with the simulated gateways until interrupted (Ctrl-C or SIGTERM)."""
+    from ._runner import poll_until_stopped
+    from ._service import DeliveryTrackingService
+    from ._simulated import SimulatedProvider
+
+    store = _open_lake(args.lake)
+    gateways = [
+        SimulatedProvider(pid, adopt_unknown=True) for pid in ("solapi", "iwinv", "aligo", "nhn")
+    ]
+    svc = DeliveryTrackingService(gateways, store=store)
+    try:
+        total = poll_until_stopped(svc, interval=args.interval, max_runs=args.max_runs)
+        print(f"stopped; all runs: {total.summary_line()}")
+    finally:
+        svc.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``kmsg-analytics``."""
     parser = argparse.ArgumentParser(prog="kmsg-analytics", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="build the demo lake under data/ and summarise it")
+    demo = sub.add_parser("demo", help="the main job: demo lake, sends polled, summary")
     demo.add_argument("--lake", type=Path, default=DEFAULT_LAKE)
-    demo.add_argument("--n", type=int, default=20_000, help="messages to generate (default 20,000)")
+    demo.add_argument("--n", type=int, default=20_000, help="messages of history (default 20,000)")
+    demo.add_argument("--sends", type=int, default=2_000, help="new sends to poll (default 2,000)")
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(func=cmd_demo)
 
@@ -139,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", type=_since, default=None, help="only messages requested in the last e.g. 30d"
     )
     cb.set_defaults(func=cmd_count_by)
+
+    poll = sub.add_parser("poll", help="poll a lake with the simulated gateways until Ctrl-C")
+    poll.add_argument("--lake", type=Path, default=DEFAULT_LAKE)
+    poll.add_argument("--interval", type=float, default=None, help="seconds between runs")
+    poll.add_argument("--max-runs", type=int, default=None)
+    poll.set_defaults(func=cmd_poll)
 
     compact = sub.add_parser("compact", help="fold snapshots and merge small files")
     compact.add_argument("--lake", type=Path, default=DEFAULT_LAKE)
