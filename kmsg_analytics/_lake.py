@@ -290,15 +290,12 @@ class ParquetTrackingStore(BaseStore):
         kind: SnapshotKind = "poll",
         recorded_at: int | None = None,
     ) -> None:
-        """Append one snapshot per record and publish them as one file."""
+        """Append one snapshot per record and publish them as one file (durable on return)."""
         if not records:
             return
         now = recorded_at or _now_micros()
-        with self._mutex:
-            self._buffer(
-                [record_to_row(r, kind=kind, recorded_at=now) for r in records], auto=False
-            )
-            self.flush()
+        table = rows_to_table([record_to_row(r, kind=kind, recorded_at=now) for r in records])
+        self.append_table(table, kind=kind, recorded_at=now)
 
     def append_table(
         self, table: pa.Table, *, kind: SnapshotKind = "load", recorded_at: int | None = None
@@ -321,7 +318,7 @@ class ParquetTrackingStore(BaseStore):
             self.flush()
             with writer_lock(self.paths):
                 state = self._recover()
-                self._publish_locked(table, None, state)
+                self._publish_locked(table, None, state, keep_cache=True)
             self._maybe_compact()
 
     def _buffer(self, rows: list[dict[str, Any]], *, auto: bool = True) -> None:
@@ -390,6 +387,7 @@ class ParquetTrackingStore(BaseStore):
         os.rename(staged, final)
         state = {**state, "seq": hi, "last_wal": wal_id}
         self._write_state(state)
+        self._winners = None
         if keep_cache and self._cache_w == state["watermark"]:
             self._cache_rows = pl.concat([self._cache_rows, _frame(table)], how="vertical")
             self._cache_files.add(final)
