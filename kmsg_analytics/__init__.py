@@ -6,6 +6,16 @@ send recorded as snapshots in a Parquet lake, queried with lazy Polars.
 
 from __future__ import annotations
 
+from ._analytics import (
+    Comparison,
+    DeliveryAnalytics,
+    DeliverySummary,
+    FailoverFunnel,
+    FailureReport,
+    LatencyReport,
+    StatusDurations,
+    SummaryRates,
+)
 from ._crypto import KeyUnavailableError
 from ._errors import (
     InvalidRecordError,
@@ -15,6 +25,7 @@ from ._errors import (
     LakeFormatError,
 )
 from ._lake import CompactionReport, ParquetTrackingStore
+from ._metrics import FAILURE_CATEGORIES, RATES, RateMetric, wilson_interval
 from ._phone import HashKey, mask_number, normalize_number, resolve_hash_key
 from ._providers import (
     ApiFailoverConfig,
@@ -51,18 +62,25 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DELIVERY_STATUSES",
+    "FAILURE_CATEGORIES",
     "MESSAGE_TYPES",
     "POLLABLE_STATUSES",
+    "RATES",
     "RETENTION_CLASSES",
     "SNAPSHOT_SCHEMA",
     "TERMINAL_STATUSES",
     "ApiFailoverConfig",
     "CompactionReport",
+    "Comparison",
+    "DeliveryAnalytics",
     "DeliveryStatusQuery",
     "DeliveryStatusResult",
+    "DeliverySummary",
     "DeliveryTrackingService",
+    "FailoverFunnel",
     "FailoverOptions",
     "FailoverRule",
+    "FailureReport",
     "HashKey",
     "HookContext",
     "InMemoryTrackingStore",
@@ -72,10 +90,12 @@ __all__ = [
     "LakeCorruptError",
     "LakeError",
     "LakeFormatError",
+    "LatencyReport",
     "ParquetTrackingStore",
     "PollingConfig",
     "Provider",
     "ProviderError",
+    "RateMetric",
     "RecordFilter",
     "RunReport",
     "SendOptions",
@@ -83,6 +103,8 @@ __all__ = [
     "SendWarning",
     "SimulatedClock",
     "SimulatedProvider",
+    "StatusDurations",
+    "SummaryRates",
     "TrackingError",
     "TrackingRecord",
     "TrackingStore",
@@ -91,4 +113,5 @@ __all__ = [
     "normalize_number",
     "poll_until_stopped",
     "resolve_hash_key",
+    "wilson_interval",
 ]

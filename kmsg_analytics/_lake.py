@@ -699,8 +699,8 @@ class ParquetTrackingStore(BaseStore):
             pl.col("day") != pl.col("winner_day")
         )
         out: dict[date, list[str]] = {}
-        for day, group in wrong.group_by("day"):
-            out[day[0]] = group.get_column("message_id").to_list()  # type: ignore[index]
+        for key, group in wrong.group_by("day"):
+            out[key[0]] = group.get_column("message_id").to_list()  # type: ignore[index]
         return out
 
     def _merge_history_locked(

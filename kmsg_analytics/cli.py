@@ -9,11 +9,15 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from ._cli_io import add_export_parser, add_import_parser
 from ._errors import KmsgAnalyticsError
+
+if TYPE_CHECKING:
+    from ._service import DeliveryTrackingService
 
 __all__ = ["main"]
 
@@ -106,7 +110,7 @@ def _every(n: int) -> Callable[[str], None]:
     return out
 
 
-def _print_summary(svc: object, args: argparse.Namespace) -> None:
+def _print_summary(svc: DeliveryTrackingService, args: argparse.Namespace) -> None:
     """Delivery rates of the demo lake (and charts, where the notebook extra is installed)."""
     try:
         from ._analytics import DeliveryAnalytics
