@@ -24,8 +24,8 @@ from ._phone import HashKey, mask_number, normalize_number, resolve_hash_key
 from ._records import POLLABLE_STATUSES, RecordFilter, TrackingRecord, coerce_time
 from ._schema import (
     CURRENT_PARTITION,
-    POLARS_SCHEMA,
     FULL_RECORD_COLUMNS,
+    POLARS_SCHEMA,
     SnapshotKind,
     record_to_row,
     row_to_record,
