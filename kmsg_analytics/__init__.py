@@ -24,6 +24,7 @@ from ._errors import (
     LakeError,
     LakeFormatError,
 )
+from ._events import DeliveryEvent, IngestReport
 from ._lake import CompactionReport, ParquetTrackingStore
 from ._metrics import FAILURE_CATEGORIES, RATES, RateMetric, wilson_interval
 from ._phone import HashKey, mask_number, normalize_number, resolve_hash_key
@@ -73,6 +74,7 @@ __all__ = [
     "CompactionReport",
     "Comparison",
     "DeliveryAnalytics",
+    "DeliveryEvent",
     "DeliveryStatusQuery",
     "DeliveryStatusResult",
     "DeliverySummary",
@@ -84,6 +86,7 @@ __all__ = [
     "HashKey",
     "HookContext",
     "InMemoryTrackingStore",
+    "IngestReport",
     "InvalidRecordError",
     "KeyUnavailableError",
     "KmsgAnalyticsError",

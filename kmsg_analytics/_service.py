@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from ._batch import sends_to_table
 from ._errors import InvalidRecordError
+from ._events import DeliveryEvent, IngestReport, apply_events
 from ._loading import frame_to_table
 from ._providers import coerce_api_failover, coerce_polling
 from ._records import (
@@ -260,6 +261,38 @@ class DeliveryTrackingService(PollingMixin):
         )
         self.store.append_table(table, kind="load", recorded_at=_micros(self.clock()))
         return int(table.num_rows)
+
+    def ingest_events(self, events: Iterable[DeliveryEvent | Mapping[str, Any]]) -> IngestReport:
+        """Apply delivery reports pushed by gateways (webhooks) or a k-msg app.
+
+        Each event carries ``message_id``, ``status``, and optionally ``status_code``,
+        ``status_message`` and ``at``. They are appended as snapshots with the polling
+        rules: a terminal status is never replaced, unknown messages are counted, not
+        created. Bad input raises before anything is written.
+
+        Examples
+        --------
+        >>> from kmsg_analytics import DeliveryTrackingService, InMemoryTrackingStore
+        >>> class Gateway:
+        ...     id = "solapi"
+        >>> svc = DeliveryTrackingService([Gateway()], store=InMemoryTrackingStore())
+        >>> _ = svc.record_send(
+        ...     {"messageId": "m1", "timestamp": 1793491200000,
+        ...      "options": {"type": "SMS", "to": "01012345678"}},
+        ...     {"messageId": "m1", "providerId": "solapi", "providerMessageId": "G1",
+        ...      "type": "SMS", "to": "01012345678"},
+        ... )
+        >>> svc.ingest_events([{"messageId": "m1", "status": "DELIVERED", "code": "4000"}])
+        IngestReport(received=1, applied=1, ignored_terminal=0, unknown=0)
+        >>> svc.get_record("m1").status
+        'DELIVERED'
+        """
+        self.init()
+        now = self.clock()
+        records, report = apply_events(self.store, events, now)
+        if records:
+            self.store.append_snapshots(records, kind="poll", recorded_at=_micros(now))
+        return report
 
     def load_record_objects(self, records: Iterable[TrackingRecord | Mapping[str, Any]]) -> int:
         """Load records given one by one (validated like :meth:`load_records`)."""
