@@ -35,11 +35,12 @@ def svc(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DeliveryTrac
         [Gateway()], store=store, clock=lambda: T0 + timedelta(hours=1)
     )
     for i in range(3):
+        options = {"type": "SMS", "to": "01012345678"}
+        result = {"providerId": "solapi", "providerMessageId": f"G{i}", "type": "SMS"}
         service.record_send(
-            {"messageId": f"m{i}", "timestamp": T0, "options": {"type": "SMS", "to": "01012345678"}},
-            {"messageId": f"m{i}", "providerId": "solapi", "providerMessageId": f"G{i}",
-             "type": "SMS", "to": "01012345678"},
-        )  # fmt: skip
+            {"messageId": f"m{i}", "timestamp": T0, "options": options},
+            {"messageId": f"m{i}", "to": "01012345678", **result},
+        )
     try:
         yield service
     finally:
@@ -58,7 +59,7 @@ def test_events_apply_in_order_and_stamp_times(svc: DeliveryTrackingService) -> 
                 "status_code": "3104",
                 "status_message": "카카오톡 미사용자",
             },
-        ]  # fmt: skip
+        ]
     )
     assert (report.received, report.applied, report.ignored_terminal) == (3, 2, 0)
     m0, m1 = svc.get_record("m0"), svc.get_record("m1")
