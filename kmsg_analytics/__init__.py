@@ -17,6 +17,7 @@ from ._analytics import (
     SummaryRates,
 )
 from ._crypto import KeyUnavailableError
+from ._doctor import DoctorReport, check_lake
 from ._errors import (
     InvalidRecordError,
     KmsgAnalyticsError,
@@ -53,6 +54,14 @@ from ._records import (
     TrackingError,
     TrackingRecord,
 )
+from ._retention import (
+    RETENTION_PRESETS,
+    RetentionPlan,
+    RetentionPolicy,
+    RetentionResult,
+    apply_retention,
+    plan_retention,
+)
 from ._runner import poll_until_stopped
 from ._schema import SNAPSHOT_SCHEMA
 from ._service import DeliveryTrackingService
@@ -68,6 +77,7 @@ __all__ = [
     "POLLABLE_STATUSES",
     "RATES",
     "RETENTION_CLASSES",
+    "RETENTION_PRESETS",
     "SNAPSHOT_SCHEMA",
     "TERMINAL_STATUSES",
     "ApiFailoverConfig",
@@ -79,6 +89,7 @@ __all__ = [
     "DeliveryStatusResult",
     "DeliverySummary",
     "DeliveryTrackingService",
+    "DoctorReport",
     "FailoverFunnel",
     "FailoverOptions",
     "FailoverRule",
@@ -100,6 +111,9 @@ __all__ = [
     "ProviderError",
     "RateMetric",
     "RecordFilter",
+    "RetentionPlan",
+    "RetentionPolicy",
+    "RetentionResult",
     "RunReport",
     "SendOptions",
     "SendResult",
@@ -112,8 +126,11 @@ __all__ = [
     "TrackingRecord",
     "TrackingStore",
     "__version__",
+    "apply_retention",
+    "check_lake",
     "mask_number",
     "normalize_number",
+    "plan_retention",
     "poll_until_stopped",
     "resolve_hash_key",
     "wilson_interval",

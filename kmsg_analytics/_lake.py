@@ -25,12 +25,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from ._errors import LakeCorruptError, LakeFormatError
+from ._errors import LakeFormatError
 from ._lakefs import (
     HistoryFile,
     LakePaths,
@@ -71,6 +72,9 @@ _PENDING_BASE = 1 << 61
 #: snapshots that (re)state a message rather than derive from its current state
 _ENTRY_KINDS = ("send", "load", "patch")
 _HIVE = {CURRENT_PARTITION: pl.Date}
+#: reads tried when a history file vanishes under them (a merge replaced it)
+_READ_ATTEMPTS = 5
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +161,7 @@ class ParquetTrackingStore(BaseStore):
         self._cache_files: set[Path] = set()
         self._cache_rows = pl.DataFrame(schema=POLARS_SCHEMA)
         self._winners: tuple[tuple[date, ...] | None, tuple[pl.DataFrame, list[date]]] | None = None
+        self._footers_ok: dict[str, tuple[int, int]] = {}
         self.init()
         _open_stores.add(self)
 
@@ -420,8 +425,14 @@ class ParquetTrackingStore(BaseStore):
                     out.append(part)
         return sorted(out)
 
-    def _scan_current(self) -> pl.LazyFrame:
+    def _scan_current(self, scope: tuple[date, ...] | None = None) -> pl.LazyFrame:
+        """The compacted current state; footers checked for the days in ``scope`` (or all)."""
         files = self._current_files()
+        if scope is None:
+            self._check_footers(files)
+        else:
+            days = {f"{CURRENT_PARTITION}={d.isoformat()}" for d in scope}
+            self._check_footers([f for f in files if os.path.basename(os.path.dirname(f)) in days])
         if not files:
             return pl.LazyFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
         return pl.scan_parquet(
@@ -431,6 +442,67 @@ class ParquetTrackingStore(BaseStore):
             hive_schema=_HIVE,
             glob=False,
         )
+
+    def _check_footers(self, files: Sequence[str]) -> None:
+        """Fail early, naming the file, when a file a query will read has no valid footer.
+
+        Each file's footer is read once per (size, mtime); later calls cost one ``stat``.
+        """
+        for name in files:
+            try:
+                st = os.stat(name)
+            except FileNotFoundError:
+                continue
+            stamp = (st.st_size, st.st_mtime_ns)
+            if self._footers_ok.get(name) == stamp:
+                continue
+            try:
+                pq.read_metadata(name)
+            except FileNotFoundError:
+                continue
+            except Exception as err:
+                from ._doctor import lake_read_error
+
+                found = lake_read_error(self.paths.root, err, [Path(name)])
+                assert found is not None
+                raise found from err
+            self._footers_ok[name] = stamp
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Turn a failed read into a :class:`LakeCorruptError` that names the damaged file."""
+        try:
+            yield
+        except (pl.exceptions.ComputeError, OSError) as err:
+            from ._doctor import lake_read_error
+
+            found = lake_read_error(self.paths.root, err)
+            if found is None:
+                raise
+            raise found from err
+
+    def _retrying(self, read: Callable[[], _T]) -> _T:
+        """Run a read again when a file it listed was merged away before it was read."""
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                with self._reading():
+                    return read()
+            except FileNotFoundError:
+                if attempt == _READ_ATTEMPTS - 1:
+                    raise
+        raise AssertionError  # pragma: no cover - the loop returns or raises
+
+    def count_records(self, flt: RecordFilter, *, as_of: datetime | None = None) -> int:
+        """How many current records (or records ``as_of`` a past moment) match ``flt``."""
+        return self._retrying(lambda: BaseStore.count_records(self, flt, as_of=as_of))
+
+    def get(self, message_id: str) -> TrackingRecord | None:
+        """The current record of ``message_id``, or ``None``."""
+        return self._retrying(lambda: BaseStore.get(self, message_id))
+
+    def list_due(self, now: datetime, limit: int) -> list[TrackingRecord]:
+        """Non-terminal records whose next check is due, earliest first (ties by id)."""
+        return self._retrying(lambda: BaseStore.list_due(self, now, limit))
 
     def _refresh(self) -> tuple[int, pl.DataFrame]:
         """The decoded snapshots past the watermark (published and pending), refreshed."""
@@ -483,7 +555,7 @@ class ParquetTrackingStore(BaseStore):
         entered = rows.filter(pl.col("snapshot_kind").is_in(_ENTRY_KINDS)).select("message_id")
         found = pl.DataFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
         if entered.height:
-            lookup = self._scan_current()
+            lookup = self._scan_current(scope)
             if scope is not None:
                 lookup = lookup.filter(pl.col(CURRENT_PARTITION).is_in(scope))
             found = lookup.join(entered.unique().lazy(), on="message_id", how="semi").collect()
@@ -498,8 +570,9 @@ class ParquetTrackingStore(BaseStore):
 
         With a requested-at window in ``flt`` only that window's files are read.
         """
-        base = self._scan_current()
-        found = self._delta(_window_days(flt))
+        scope = _window_days(flt)
+        base = self._scan_current(scope)
+        found = self._delta(scope)
         if found is None:
             return base
         delta, days = found
@@ -571,7 +644,7 @@ class ParquetTrackingStore(BaseStore):
         Readers see either the old or the new files, never both, never half.
         """
         started = time.perf_counter()
-        with self._mutex:
+        with self._mutex, self._reading():
             self.flush()
             with writer_lock(self.paths):
                 state = self._recover()
@@ -780,8 +853,13 @@ def _read_files(paths: list[Path]) -> pl.DataFrame:
     try:
         return _scan_files(paths).collect()
     except (pl.exceptions.ComputeError, OSError) as err:
-        msg = f"cannot read the lake's history files ({err}); run `kmsg-analytics doctor`"
-        raise LakeCorruptError(msg) from err
+        from ._doctor import lake_read_error
+
+        root = paths[0].parent.parent.parent if paths else Path(".")
+        found = lake_read_error(root, err, paths)
+        if found is None:
+            raise
+        raise found from err
 
 
 @contextlib.contextmanager

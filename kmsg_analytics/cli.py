@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from ._cli_admin import add_admin_parsers
 from ._cli_io import add_export_parser, add_import_parser
 from ._errors import KmsgAnalyticsError
 
@@ -222,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_import_parser(sub)
     add_export_parser(sub)
+    add_admin_parsers(sub)
     return parser
 
 

@@ -616,11 +616,10 @@ def test_config_validation() -> None:
         ApiFailoverConfig(None, rules_by_provider_id={"x": 3})  # type: ignore[dict-item]
     with pytest.raises(InvalidRecordError, match=r"FailoverRule\.status_codes"):
         FailoverRule(status_codes=[""])
-    svc = DeliveryTrackingService(
-        [Gateway()], store=InMemoryTrackingStore(hash_key=HASH_KEY), api_failover=42
-    )
-    with svc, pytest.raises(InvalidRecordError, match="api_failover"):
-        svc.run_once()
+    with pytest.raises(InvalidRecordError, match="api_failover"):  # refused at construction
+        DeliveryTrackingService(
+            [Gateway()], store=InMemoryTrackingStore(hash_key=HASH_KEY), api_failover=42
+        )
 
 
 # --------------------------------------------------------------------------- a crash mid-send
