@@ -26,6 +26,16 @@ from ._errors import (
     LakeFormatError,
 )
 from ._events import DeliveryEvent, IngestReport
+from ._gateways import (
+    GatewayCheck,
+    GatewaysConfig,
+    HttpSettings,
+    IwinvProvider,
+    SendRejectedError,
+    SolapiProvider,
+    capture_send,
+    load_gateways_config,
+)
 from ._lake import CompactionReport, ParquetTrackingStore
 from ._metrics import FAILURE_CATEGORIES, RATES, RateMetric, wilson_interval
 from ._phone import HashKey, mask_number, normalize_number, resolve_hash_key
@@ -94,11 +104,15 @@ __all__ = [
     "FailoverOptions",
     "FailoverRule",
     "FailureReport",
+    "GatewayCheck",
+    "GatewaysConfig",
     "HashKey",
     "HookContext",
+    "HttpSettings",
     "InMemoryTrackingStore",
     "IngestReport",
     "InvalidRecordError",
+    "IwinvProvider",
     "KeyUnavailableError",
     "KmsgAnalyticsError",
     "LakeCorruptError",
@@ -116,10 +130,12 @@ __all__ = [
     "RetentionResult",
     "RunReport",
     "SendOptions",
+    "SendRejectedError",
     "SendResult",
     "SendWarning",
     "SimulatedClock",
     "SimulatedProvider",
+    "SolapiProvider",
     "StatusDurations",
     "SummaryRates",
     "TrackingError",
@@ -127,7 +143,9 @@ __all__ = [
     "TrackingStore",
     "__version__",
     "apply_retention",
+    "capture_send",
     "check_lake",
+    "load_gateways_config",
     "mask_number",
     "normalize_number",
     "plan_retention",

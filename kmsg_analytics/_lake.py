@@ -773,7 +773,7 @@ class ParquetTrackingStore(BaseStore):
         )
         out: dict[date, list[str]] = {}
         for key, group in wrong.group_by("day"):
-            out[key[0]] = group.get_column("message_id").to_list()  # type: ignore[index]
+            out[key[0]] = group.get_column("message_id").to_list()
         return out
 
     def _merge_history_locked(

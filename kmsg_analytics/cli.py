@@ -1,4 +1,4 @@
-"""The ``kmsg-analytics`` command line: demo, stats, count-by, compact, import, export."""
+"""The ``kmsg-analytics`` command line: one subcommand per job (``kmsg-analytics --help``)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from ._cli_admin import add_admin_parsers
+from ._cli_gateways import add_check_gateways_parser, add_poll_arguments
+from ._cli_gateways import cmd_poll as cmd_poll_gateways
 from ._cli_io import add_export_parser, add_import_parser
 from ._errors import KmsgAnalyticsError
 
@@ -168,7 +170,11 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_poll(args: argparse.Namespace) -> int:
+def _poll(args: argparse.Namespace) -> int:
+    return cmd_poll_simulated(args) if args.simulated else cmd_poll_gateways(args)
+
+
+def cmd_poll_simulated(args: argparse.Namespace) -> int:
     """Poll a lake with the simulated gateways until interrupted (Ctrl-C or SIGTERM)."""
     from ._runner import poll_until_stopped
     from ._service import DeliveryTrackingService
@@ -211,11 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cb.set_defaults(func=cmd_count_by)
 
-    poll = sub.add_parser("poll", help="poll a lake with the simulated gateways until Ctrl-C")
-    poll.add_argument("--lake", type=Path, default=DEFAULT_LAKE)
-    poll.add_argument("--interval", type=float, default=None, help="seconds between runs")
-    poll.add_argument("--max-runs", type=int, default=None)
-    poll.set_defaults(func=cmd_poll)
+    poll = sub.add_parser("poll", help="poll a lake's open messages until Ctrl-C/SIGTERM")
+    add_poll_arguments(poll)  # the real SOLAPI/IWINV clients from --config or the environment
+    poll.add_argument("--simulated", action="store_true", help="use the simulated gateways instead")
+    poll.set_defaults(func=_poll)
+    add_check_gateways_parser(sub)
 
     compact = sub.add_parser("compact", help="fold snapshots and merge small files")
     compact.add_argument("--lake", type=Path, default=DEFAULT_LAKE)
