@@ -438,6 +438,7 @@ class ParquetTrackingStore(BaseStore):
         return pl.scan_parquet(
             files,
             schema=POLARS_SCHEMA,
+            missing_columns="insert",
             hive_partitioning=True,
             hive_schema=_HIVE,
             glob=False,
@@ -587,7 +588,10 @@ class ParquetTrackingStore(BaseStore):
         path = self.paths.open_file()
         if path.exists():
             base = pl.scan_parquet(
-                path, schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date}, glob=False
+                path,
+                schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date},
+                glob=False,
+                missing_columns="insert",
             )
         else:
             base = pl.LazyFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
@@ -622,6 +626,7 @@ class ParquetTrackingStore(BaseStore):
         return pl.scan_parquet(
             files,
             schema=POLARS_SCHEMA,
+            missing_columns="insert",
             hive_partitioning=True,
             hive_schema={"ingest_date": pl.Date},
             glob=False,
@@ -684,7 +689,10 @@ class ParquetTrackingStore(BaseStore):
             parts = [delta.filter(in_day)]  # a range, so row-group statistics prune the scan
             if target.exists():  # rows past w are there only if a fold died: delta has them
                 parts.insert(
-                    0, pl.scan_parquet(target, schema=POLARS_SCHEMA).filter(pl.col("seq") <= w)
+                    0,
+                    pl.scan_parquet(target, schema=POLARS_SCHEMA, missing_columns="insert").filter(
+                        pl.col("seq") <= w
+                    ),
                 )
             if day in exclude:
                 parts = [p.filter(~pl.col("message_id").is_in(exclude[day])) for p in parts]
@@ -845,7 +853,11 @@ def _frame(table: pa.Table) -> pl.DataFrame:
 
 def _scan_files(paths: list[Path]) -> pl.LazyFrame:
     return pl.scan_parquet(
-        [str(p) for p in paths], schema=POLARS_SCHEMA, hive_partitioning=False, glob=False
+        [str(p) for p in paths],
+        schema=POLARS_SCHEMA,
+        hive_partitioning=False,
+        glob=False,
+        missing_columns="insert",
     )
 
 
