@@ -64,6 +64,7 @@ from ._records import (
     TrackingError,
     TrackingRecord,
 )
+from ._report import EmptyReportError, build_report
 from ._retention import (
     RETENTION_PRESETS,
     RetentionPlan,
@@ -100,6 +101,7 @@ __all__ = [
     "DeliverySummary",
     "DeliveryTrackingService",
     "DoctorReport",
+    "EmptyReportError",
     "FailoverFunnel",
     "FailoverOptions",
     "FailoverRule",
@@ -143,8 +145,10 @@ __all__ = [
     "TrackingStore",
     "__version__",
     "apply_retention",
+    "build_report",
     "capture_send",
     "check_lake",
+    "explore",
     "load_gateways_config",
     "mask_number",
     "normalize_number",
@@ -153,3 +157,13 @@ __all__ = [
     "resolve_hash_key",
     "wilson_interval",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``explore`` loads the notebook extra only when asked for."""
+    if name == "explore":
+        from .widgets import explore
+
+        return explore
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

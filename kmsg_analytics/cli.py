@@ -17,6 +17,7 @@ from ._cli_admin import add_admin_parsers
 from ._cli_gateways import add_check_gateways_parser, add_poll_arguments
 from ._cli_gateways import cmd_poll as cmd_poll_gateways
 from ._cli_io import add_export_parser, add_import_parser
+from ._cli_report import add_report_parser
 from ._errors import KmsgAnalyticsError
 
 if TYPE_CHECKING:
@@ -126,6 +127,9 @@ def _print_summary(svc: DeliveryTrackingService, args: argparse.Namespace) -> No
     end = DEFAULT_END + timedelta(days=2)
     summary = analytics.summary(start, end, include_by_provider=True)
     _print_frame("delivery summary (k-msg getSummary)", summary.to_polars())
+    from ._report import charts_for_demo
+
+    charts_for_demo(analytics, Path(args.lake).parent / "charts", formats=("png",))
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -229,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_import_parser(sub)
     add_export_parser(sub)
+    add_report_parser(sub)
     add_admin_parsers(sub)
     return parser
 

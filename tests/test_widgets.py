@@ -1,0 +1,209 @@
+"""The explorer driven from code: every control changes the figures as the analytics API says.
+
+No browser: set ``dash.controls[...]`` and read ``dash.figures``, ``dash.results``,
+``dash.records`` and ``dash.error`` (the browser test does the same by clicking).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import polars as pl
+import pytest
+
+from kmsg_analytics import InvalidRecordError
+from kmsg_analytics._analytics import DeliveryAnalytics
+from kmsg_analytics.widgets import TABS, Explorer, explore
+from tests.test_report import chart_cache, demo_lake
+
+ZONE = ZoneInfo("Asia/Seoul")
+MASKED = re.compile(r"^[0-9]{3}\*+[0-9]{4}$")
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    chart_cache(tmp_path_factory)
+    return demo_lake(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def an(lake: Path) -> Iterator[DeliveryAnalytics]:
+    with DeliveryAnalytics(lake, tz="Asia/Seoul") as analytics:
+        yield analytics
+
+
+@pytest.fixture
+def dash(an: DeliveryAnalytics) -> Iterator[Explorer]:
+    explorer = explore(an, chart_view="interactive")
+    yield explorer
+    explorer.widget.close()
+
+
+def _window(d: Explorer) -> tuple[datetime, datetime]:
+    start: date = d.controls["start"].value
+    end: date = d.controls["end"].value
+    return (
+        datetime.combine(start, time.min, ZONE).astimezone(UTC),
+        datetime.combine(end, time.max, ZONE).astimezone(UTC),
+    )
+
+
+def _chart_rows(chart: Any) -> pl.DataFrame:
+    spec = chart.to_dict()
+    (rows,) = [r for r in spec["datasets"].values() if r]
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def test_opens_on_the_last_30_days(dash: Explorer, an: DeliveryAnalytics) -> None:
+    s, e = _window(dash)
+    assert dash.controls["end"].value - dash.controls["start"].value == timedelta(days=29)
+    summary = an.summary(s, e)
+    kpis = dash.figures["kpis"]
+    assert kpis["total"] == summary.total > 0
+    reached = summary.metrics.filter(pl.col("rate") == "delivered_of_total").row(0, named=True)
+    assert kpis["delivered_of_total"]["numerator"] == reached["numerator"]
+    assert kpis["delivered_of_total"]["denominator"] == reached["denominator"]
+    assert kpis["matching_records"] == summary.total
+    assert dash.error is None
+    assert dash.working.layout.visibility == "hidden"
+    assert set(dash.figures) >= {"status_mix", "delivery_rate"}  # the visible tab only
+    assert "latency" not in dash.figures
+    assert f"{summary.total:,}" in dash.kpis.value
+
+
+def test_records_are_paged_and_masked(dash: Explorer, an: DeliveryAnalytics) -> None:
+    page = dash.records
+    assert page.height == dash.page_size
+    assert "to" not in page.columns
+    assert "from_" not in page.columns
+    assert all(MASKED.match(v) for v in page.get_column("to_masked"))
+    assert "010-" not in dash.table.value
+    first = page.get_column("message_id").to_list()
+    dash.next_button.click()
+    assert dash.page == 1
+    assert dash.records.get_column("message_id").to_list() != first
+    dash.go_to_page(10_000)
+    last = dash.page
+    assert dash.next_button.disabled
+    assert dash.records.height == dash.figures["matching_records"] - last * dash.page_size
+
+
+def test_provider_and_type_pickers(dash: Explorer, an: DeliveryAnalytics) -> None:
+    s, e = _window(dash)
+    provider = dash.controls["provider"].options[-1]
+    dash.controls["provider"].value = (provider,)
+    assert dash.figures["kpis"]["total"] == an.summary(s, e, provider_id=provider).total
+    assert set(dash.records.get_column("provider_id")) <= {provider}
+    rates = dash.results["rates"]
+    assert set(rates.get_column("provider_id")) == {provider}
+    mix = _chart_rows(dash.figures["status_mix"])
+    assert mix.get_column("count").sum() == an.summary(s, e, provider_id=provider).total
+    kind = "SMS"
+    dash.controls["type"].value = (kind,)
+    want = an.summary(s, e, provider_id=provider, type=kind).total
+    assert dash.figures["kpis"]["total"] == want
+
+
+def test_status_picker_narrows_records_not_rates(dash: Explorer, an: DeliveryAnalytics) -> None:
+    s, e = _window(dash)
+    total = dash.figures["kpis"]["total"]
+    dash.controls["status"].value = ("FAILED",)
+    failed = an.summary(s, e).by_status["FAILED"]
+    assert dash.figures["matching_records"] == failed
+    assert dash.figures["kpis"]["total"] == total  # rates are over every status
+    assert set(dash.records.get_column("status")) <= {"FAILED"}
+    statuses = set(_chart_rows(dash.figures["status_mix"]).get_column("status"))
+    assert statuses == {"FAILED"}
+
+
+def test_bucket_and_definition(dash: Explorer, an: DeliveryAnalytics) -> None:
+    s, e = _window(dash)
+    with dash.batch():
+        dash.controls["bucket"].value = "1w"
+        dash.controls["definition"].value = "delivered_of_finalized"
+    refreshes = dash.refreshes
+    rates = dash.results["rates"]
+    gaps = rates.get_column("bucket_start").unique().sort().diff().drop_nulls()
+    assert set(gaps.dt.total_days()) == {7}
+    assert set(rates.get_column("definition")) == {"delivered_of_finalized"}
+    want = an.rates(s, e, every="1w", by="provider_id", definition="delivered_of_finalized")
+    assert rates.equals(want)
+    kpi = dash.figures["kpis"]["delivered_of_finalized"]
+    row = (
+        an.summary(s, e)
+        .metrics.filter(pl.col("rate") == "delivered_of_finalized")
+        .row(0, named=True)
+    )
+    assert (kpi["numerator"], kpi["denominator"]) == (row["numerator"], row["denominator"])
+    spec = dash.figures["delivery_rate"].to_dict()
+    assert "확정 건 대비 성공률" in spec["title"]["text"]
+    assert dash.refreshes == refreshes  # one recompute for the whole batch
+
+
+def test_tabs_compute_their_charts(dash: Explorer, an: DeliveryAnalytics) -> None:
+    s, e = _window(dash)
+    for index, (key, (_title, figures)) in enumerate(TABS.items()):
+        dash.controls["view"].selected_index = index
+        assert dash.state()["view"] == key
+        for fig in figures:
+            assert dash.figures[fig] is not None, fig
+            assert dash.slots[fig].renders >= 1
+    latency = dash.results["latency"]
+    assert latency.table.equals(an.latency(s, e, by="provider_id").table)
+    assert dash.results["failures"].codes.equals(an.failures(s, e).codes)
+    funnel = dash.results["failover"].stages
+    assert funnel.equals(an.failover_funnel(s, e).stages)
+    assert dash.results["maturity"].equals(an.rate_maturity(s, e))
+    hourly = dash.results["hourly"]
+    cells = _chart_rows(dash.figures["heatmap"])
+    assert cells.get_column("denominator").sum() == hourly.get_column("denominator").sum()
+
+
+def test_working_indicator_and_errors(dash: Explorer) -> None:
+    seen: list[str] = []
+    dash.working.layout.observe(lambda ch: seen.append(ch["new"]), names="visibility")
+    dash.controls["bucket"].value = "1h"
+    assert seen == ["visible", "hidden"]
+
+    good_start = dash.controls["start"].value
+    dash.controls["start"].value = dash.controls["end"].value + timedelta(days=3)
+    assert dash.error is not None
+    assert "start" in dash.error
+    assert dash.message.layout.display == "block"
+    assert "kmsg-error" in dash.message.value
+    assert "Traceback" not in dash.message.value
+    dash.controls["start"].value = good_start
+    assert dash.error is None
+    assert dash.message.layout.display == "none"
+
+    with dash.batch():  # too many buckets: a readable message, not an exception
+        dash.controls["start"].value = dash.controls["end"].value - timedelta(days=200)
+        dash.controls["bucket"].value = "1h"
+    assert dash.error is not None
+    assert "bucket" in dash.error
+
+
+def test_bad_arguments(an: DeliveryAnalytics) -> None:
+    with pytest.raises(InvalidRecordError, match="page_size"):
+        explore(an, page_size=0)
+    with pytest.raises(InvalidRecordError, match="chart_view"):
+        explore(an, chart_view="png")  # type: ignore[arg-type]
+
+
+def test_svg_view_and_a_lake_path(lake: Path) -> None:
+    dash = explore(lake, chart_view="svg", start="2026-10-20", end="2026-10-31", lazy=False)
+    try:
+        assert dash.controls["start"].value == date(2026, 10, 20)
+        assert set(dash.figures) >= {f for _t, figs in TABS.values() for f in figs}
+        inner = dash.slots["status_mix"].inner
+        assert "<svg" in inner.value
+        assert "_repr_mimebundle_" in dir(dash)
+        bundle = dash._repr_mimebundle_()
+        assert "application/vnd.jupyter.widget-view+json" in bundle
+    finally:
+        dash.close()
