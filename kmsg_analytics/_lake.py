@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -283,10 +282,6 @@ class ParquetTrackingStore(BaseStore):
     def upsert(self, record: TrackingRecord, *, recorded_at: int | None = None) -> None:
         """Record one send snapshot; durable when this returns."""
         self._buffer([record_to_row(record, kind="send", recorded_at=recorded_at or _now_micros())])
-
-    def upsert_rows(self, rows: list[dict[str, Any]]) -> None:
-        """Record send snapshots already in lake form; durable when this returns."""
-        self._buffer(rows)
 
     def append_snapshots(
         self,
@@ -896,6 +891,3 @@ def _close_all() -> None:  # pragma: no cover - runs at interpreter exit
             store.close()
         except Exception:
             log.exception("could not publish pending rows of %s at exit", store)
-
-
-_ = json  # re-exported for type checkers of callers

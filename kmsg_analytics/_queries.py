@@ -9,8 +9,7 @@ reads only the files of the window.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
-from typing import Final, Literal
+from typing import Final
 
 import polars as pl
 
@@ -193,15 +192,3 @@ def count_by(
         .agg(pl.len().cast(pl.Int64).alias("count"))
         .sort(names, nulls_last=True)
     )
-
-
-def bucket_start(moment: datetime, bucket: Literal["hour", "day", "week", "month"]) -> datetime:
-    """The start of the time bucket holding ``moment`` (weeks start on Monday), for models."""
-    if bucket == "hour":
-        return moment.replace(minute=0, second=0, microsecond=0)
-    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-    if bucket == "day":
-        return day
-    if bucket == "week":
-        return day - timedelta(days=day.weekday())
-    return day.replace(day=1)
