@@ -938,11 +938,15 @@ class DeliveryAnalytics:
                     pl.col("count").filter(pl.col("stage") == "alimtalk").first(),
                     by_cols,
                 ).alias("pct_of_alimtalk"),
-                _share(
-                    pl.col("count"),
-                    pl.col("count").filter(pl.col("stage") == "failed").first(),
-                    by_cols,
-                ).alias("pct_of_failed"),
+                pl.when(pl.col("stage").is_in(_OF_FAILED))
+                .then(
+                    _share(
+                        pl.col("count"),
+                        pl.col("count").filter(pl.col("stage") == "failed").first(),
+                        by_cols,
+                    )
+                )
+                .alias("pct_of_failed"),
                 pl.col("stage").replace_strict(order, return_dtype=pl.Int32).alias("__o"),
             )
             .sort([*by_cols, "__o"])
@@ -1537,6 +1541,13 @@ def _km_curve(steps: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
 
 
 # --------------------------------------------------------------------------- failure helpers
+
+
+#: Funnel stages that are a part of the failed AlimTalk (only these get ``pct_of_failed``).
+_OF_FAILED = (
+    "failed", "not_kakao", "requested", "attempted", "sent", "skipped", "send_failed",
+    "in_progress", "fallback_tracked", "fallback_delivered",
+)  # fmt: skip
 
 
 def _share(num: pl.Expr, den: pl.Expr, by: Sequence[str]) -> pl.Expr:

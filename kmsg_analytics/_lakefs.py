@@ -24,6 +24,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ._errors import LakeError
 
 __all__ = ["HistoryFile", "LakePaths", "WriteAheadLog"]
@@ -204,10 +206,37 @@ def replace_dir(new: Path, target: Path, trash: Path) -> None:
     if exchange_dirs(new, target):
         shutil.rmtree(new, ignore_errors=True)
         return
-    # fallback: a short window in which the partition is missing (never doubled)
+    # fallback: a short window in which the partition is missing (never doubled); a
+    # journal beside the trash lets recovery put the old partition back if we die there
+    journal = trash.with_name(trash.name + _JOURNAL)
+    journal.write_text(json.dumps({"target": str(target), "trash": str(trash)}))
     os.rename(target, trash)
     os.rename(new, target)
+    journal.unlink()
     shutil.rmtree(trash, ignore_errors=True)
+
+
+_JOURNAL = ".replace.json"
+
+
+def restore_replaced_dirs(staging: Path) -> int:
+    """Put back partitions a killed :func:`replace_dir` fallback had moved aside.
+
+    Called under the writer lock before staging is cleared; returns how many came back.
+    """
+    restored = 0
+    for journal in staging.glob(f"*{_JOURNAL}"):
+        try:
+            entry = json.loads(journal.read_text())
+            target, trash = Path(entry["target"]), Path(entry["trash"])
+        except (OSError, ValueError, KeyError, TypeError):
+            journal.unlink(missing_ok=True)
+            continue
+        if not target.exists() and trash.exists():
+            os.rename(trash, target)
+            restored += 1
+        journal.unlink(missing_ok=True)
+    return restored
 
 
 # --------------------------------------------------------------------------- write-ahead log
@@ -229,14 +258,14 @@ class WriteAheadLog:
         self.id: str | None = None
         self._fd: int | None = None
 
-    def append(self, lines: list[str]) -> None:
-        """Append rows (already JSON text); durable against a killed process on return."""
+    def append(self, lines: list[bytes]) -> None:
+        """Append rows (already JSON, UTF-8); durable against a killed process on return."""
         if self._fd is None:
             self.id = uuid.uuid4().hex
             path = self.folder / f"{self.id}.wal"
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        data = ("\n".join(lines) + "\n").encode()
+        data = b"\n".join(lines) + b"\n"
         view = memoryview(data)
         while view:
             n = os.write(self._fd, view)
@@ -299,7 +328,7 @@ def read_wal_lines(path: Path) -> list[dict[str, Any]]:
         if not line:
             continue
         try:
-            rows.append(json.loads(line))
+            rows.append(orjson.loads(line))
         except ValueError:
             log.warning("skipping an unreadable line in %s", path)
     return rows

@@ -68,6 +68,62 @@ def _first_bad(frame: pl.DataFrame, bad: pl.Expr, field: str, expected: str) -> 
         raise InvalidRecordError(f"{field} (message_id={mid!r})", value, expected)
 
 
+_Check = tuple[str, pl.Expr, str]
+
+
+def _value_checks(frame: pl.DataFrame) -> list[_Check]:
+    """The checks of the identifying columns, in the order their errors are reported."""
+    checks: list[_Check] = [
+        (
+            "message_id",
+            pl.col("message_id").is_null()
+            | (pl.col("message_id").str.strip_chars() == "")
+            | (pl.col("message_id").str.len_chars() > 256)
+            | pl.col("message_id").str.contains("\x00", literal=True),
+            "a non-empty id of at most 256 characters without NUL",
+        ),
+        (
+            "provider_id",
+            pl.col("provider_id").is_null()
+            | (pl.col("provider_id").str.strip_chars() == "")
+            | (pl.col("provider_id").str.len_chars() > 256)
+            | pl.col("provider_id").str.contains("\x00", literal=True),
+            "a non-empty id",
+        ),
+        (
+            "status",
+            ~pl.col("status").is_in(DELIVERY_STATUSES) | pl.col("status").is_null(),
+            "one of " + ", ".join(DELIVERY_STATUSES),
+        ),
+        (
+            "type",
+            ~pl.col("type").is_in(MESSAGE_TYPES) | pl.col("type").is_null(),
+            "one of " + ", ".join(MESSAGE_TYPES),
+        ),
+    ]
+    if "retention_class" in frame.columns:
+        checks.append(
+            (
+                "retention_class",
+                ~pl.col("retention_class").is_in(RETENTION_CLASSES),
+                "one of " + ", ".join(RETENTION_CLASSES),
+            )
+        )
+    return checks
+
+
+def _run_checks(frame: pl.DataFrame, checks: list[_Check]) -> None:
+    """Evaluate every check in one pass; raise for the first that fails, naming the row."""
+    if not checks or frame.is_empty():
+        return
+    hits = frame.select(
+        [bad.fill_null(False).any().alias(str(i)) for i, (_f, bad, _e) in enumerate(checks)]
+    ).row(0)
+    for hit, (field, bad, expected) in zip(hits, checks, strict=True):
+        if hit:
+            _first_bad(frame, bad, field, expected)
+
+
 def _as_time(frame: pl.DataFrame, name: str) -> pl.Expr:
     dtype = frame.schema[name]
     col = pl.col(name)
@@ -126,46 +182,21 @@ def frame_to_table(
     for name in ("message_id", "provider_id", "type", "status"):
         if frame.schema[name] != pl.String:
             raise InvalidRecordError(name, str(frame.schema[name]), "a string column")
-    _first_bad(
-        frame,
-        pl.col("message_id").is_null()
-        | (pl.col("message_id").str.strip_chars() == "")
-        | (pl.col("message_id").str.len_chars() > 256)
-        | pl.col("message_id").str.contains("\x00", literal=True),
-        "message_id",
-        "a non-empty id of at most 256 characters without NUL",
+    checks = _value_checks(frame)
+    try:
+        times = {n: _as_time(frame, n) for n in _TIME_COLUMNS if n in frame.columns}
+    except InvalidRecordError:
+        _run_checks(frame, checks)  # a bad value before a bad column type, as listed
+        raise
+    numbers = [
+        (number, prefix)
+        for number, prefix in (("to", "to"), ("from_", "from"))
+        if number in frame.columns and frame.schema[number] != pl.Null
+    ]
+    frame = frame.with_columns(
+        **{f"__{n}": e for n, e in times.items()},
+        **{f"__{p}_norm": normalize_numbers(pl.col(n)) for n, p in numbers},
     )
-    _first_bad(
-        frame,
-        pl.col("provider_id").is_null()
-        | (pl.col("provider_id").str.strip_chars() == "")
-        | (pl.col("provider_id").str.len_chars() > 256)
-        | pl.col("provider_id").str.contains("\x00", literal=True),
-        "provider_id",
-        "a non-empty id",
-    )
-    _first_bad(
-        frame,
-        ~pl.col("status").is_in(DELIVERY_STATUSES) | pl.col("status").is_null(),
-        "status",
-        "one of " + ", ".join(DELIVERY_STATUSES),
-    )
-    _first_bad(
-        frame,
-        ~pl.col("type").is_in(MESSAGE_TYPES) | pl.col("type").is_null(),
-        "type",
-        "one of " + ", ".join(MESSAGE_TYPES),
-    )
-    if "retention_class" in frame.columns:
-        _first_bad(
-            frame,
-            ~pl.col("retention_class").is_in(RETENTION_CLASSES),
-            "retention_class",
-            "one of " + ", ".join(RETENTION_CLASSES),
-        )
-
-    times = {n: _as_time(frame, n) for n in _TIME_COLUMNS if n in frame.columns}
-    frame = frame.with_columns(**{f"__{n}": e for n, e in times.items()})
     for n in times:
         given = pl.col(n).is_not_null() & (pl.col(n).cast(pl.String) != "")
         parsed = pl.col(f"__{n}")
@@ -174,45 +205,44 @@ def frame_to_table(
         )
         if n == "requested_at":
             bad = bad | parsed.is_null()
-        _first_bad(frame, bad, n, "a time between 2000-01-01 and 2200-01-01 (UTC)")
+        checks.append((n, bad, "a time between 2000-01-01 and 2200-01-01 (UTC)"))
+    for number, prefix in numbers:
+        missing_ok = number == "from_" or "to_hash" in frame.columns
+        normed = pl.col(f"__{prefix}_norm")
+        bad = (pl.col(number).is_not_null() & normed.is_null()) | (
+            pl.col(number).is_null() & (not missing_ok)
+        )
+        checks.append((number, bad, "a phone number of 3 to 20 digits"))
+    if not numbers or numbers[0][0] != "to":
+        checks.append(
+            (
+                "to_hash",
+                pl.col("to_hash").is_null() | (pl.col("to_hash") == ""),
+                "the keyed hash of the number",
+            )
+        )
+    if "attempt_count" in frame.columns:
+        checks.append(("attempt_count", pl.col("attempt_count") < 0, "a whole number >= 0"))
+    _run_checks(frame, checks)  # one pass over the frame for every check
     frame = frame.drop(list(times)).rename({f"__{n}": n for n in times})
 
     cols: dict[str, pl.Expr] = {}
-    for number, prefix in (("to", "to"), ("from_", "from")):
-        if number in frame.columns and frame.schema[number] != pl.Null:
-            norm = f"__{prefix}_norm"
-            frame = frame.with_columns(normalize_numbers(pl.col(number)).alias(norm))
-            missing_ok = number == "from_" or "to_hash" in frame.columns
-            _first_bad(
-                frame,
-                (pl.col(number).is_not_null() & pl.col(norm).is_null())
-                | (pl.col(number).is_null() & (not missing_ok)),
-                number,
-                "a phone number of 3 to 20 digits",
-            )
-            frame = frame.with_columns(
-                hash_numbers(frame.get_column(norm), key).alias(f"__{prefix}_hash")
-            )
-            frame = frame.with_columns(
-                seal_numbers(frame.get_column(norm), cipher, number).alias(f"__{prefix}_enc")
-            )
-            cols[f"{prefix}_enc"] = pl.col(f"__{prefix}_enc")
-            if f"{prefix}_enc" in frame.columns:
-                cols[f"{prefix}_enc"] = pl.coalesce(cols[f"{prefix}_enc"], pl.col(f"{prefix}_enc"))
-            given_hash, given_mask = f"{prefix}_hash", f"{prefix}_masked"
-            cols[given_hash] = pl.col(f"__{prefix}_hash")
-            cols[given_mask] = mask_numbers(pl.col(norm))
-            if given_hash in frame.columns:  # rows without a number keep the hash they came with
-                cols[given_hash] = pl.coalesce(cols[given_hash], pl.col(given_hash))
-            if given_mask in frame.columns:
-                cols[given_mask] = pl.coalesce(cols[given_mask], pl.col(given_mask))
-    if "to_hash" not in cols:
-        _first_bad(
-            frame,
-            pl.col("to_hash").is_null() | (pl.col("to_hash") == ""),
-            "to_hash",
-            "the keyed hash of the number",
+    for number, prefix in numbers:
+        norm = f"__{prefix}_norm"
+        frame = frame.with_columns(
+            hash_numbers(frame.get_column(norm), key).alias(f"__{prefix}_hash"),
+            seal_numbers(frame.get_column(norm), cipher, number).alias(f"__{prefix}_enc"),
         )
+        cols[f"{prefix}_enc"] = pl.col(f"__{prefix}_enc")
+        if f"{prefix}_enc" in frame.columns:
+            cols[f"{prefix}_enc"] = pl.coalesce(cols[f"{prefix}_enc"], pl.col(f"{prefix}_enc"))
+        given_hash, given_mask = f"{prefix}_hash", f"{prefix}_masked"
+        cols[given_hash] = pl.col(f"__{prefix}_hash")
+        cols[given_mask] = mask_numbers(pl.col(norm))
+        if given_hash in frame.columns:  # rows without a number keep the hash they came with
+            cols[given_hash] = pl.coalesce(cols[given_hash], pl.col(given_hash))
+        if given_mask in frame.columns:
+            cols[given_mask] = pl.coalesce(cols[given_mask], pl.col(given_mask))
     frame = frame.with_columns(**cols)
 
     defaults: dict[str, pl.Expr] = {
@@ -247,7 +277,6 @@ def frame_to_table(
     )
     if not keep_numbers:
         frame = frame.drop([c for c in ("to", "from_") if c in frame.columns])
-    _first_bad(frame, pl.col("attempt_count") < 0, "attempt_count", "a whole number >= 0")
     out = frame.select(
         [
             (pl.col(n) if n in frame.columns else pl.lit(None)).cast(dtype).alias(n)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -35,16 +36,25 @@ def normalize_number(number: str, *, field: str = "to") -> str:
     """
     if not isinstance(number, str):
         raise InvalidRecordError(field, number, "a phone number string such as '010-1234-5678'")
-    compact = _SEPARATORS.sub("", number)
-    if not _DIGITS.fullmatch(compact):
+    compact = _normalize(number)
+    if compact is None:
         raise InvalidRecordError(
             field, number, "a phone number of 3 to 20 digits such as '01012345678'"
         )
+    return compact
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _normalize(number: str) -> str | None:
+    """The canonical digits, or ``None`` when ``number`` is no phone number (memoised)."""
+    compact = _SEPARATORS.sub("", number)
+    if not _DIGITS.fullmatch(compact):
+        return None
     if compact.startswith("+82"):
         rest = compact[3:]
-        compact = rest if rest.startswith("0") else "0" + rest
-    elif compact.startswith("82") and len(compact) >= 11 and compact[2] == "1":
-        compact = "0" + compact[2:]
+        return rest if rest.startswith("0") else "0" + rest
+    if compact.startswith("82") and len(compact) >= 11 and compact[2] == "1":
+        return "0" + compact[2:]
     return compact
 
 

@@ -120,6 +120,8 @@ def micros_date(value: int) -> date:
 
 def dump_json(value: Any) -> str:
     """Compact JSON text as the lake stores it."""
+    if value == {}:
+        return "{}"
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 

@@ -32,7 +32,7 @@ from ._records import (
     coerce_result,
 )
 from ._runner import PollingMixin
-from ._schema import record_to_row, rows_to_table
+from ._schema import record_to_row, rows_to_table, to_micros
 from ._store import InMemoryTrackingStore, TrackingStore
 
 __all__ = ["DeliveryTrackingService"]
@@ -388,8 +388,6 @@ def _us(delta: timedelta) -> int:
 
 
 def _micros(moment: datetime) -> int:
-    from ._schema import to_micros
-
     value = to_micros(moment)
     assert value is not None
     return value

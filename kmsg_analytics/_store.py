@@ -35,6 +35,9 @@ from ._schema import (
 
 __all__ = ["InMemoryTrackingStore", "NumberStorage", "TrackingStore"]
 
+#: How many distinct numbers a store remembers the protected fields of.
+_NUMBER_MEMO_SIZE = 65_536
+
 #: How a store keeps phone numbers: sealed with AES-256-GCM (default), as keyed hashes and
 #: masks only, or in clear (only when asked for). Hash and mask are always kept.
 NumberStorage = Literal["encrypted", "hashed", "plain"]
@@ -107,6 +110,7 @@ class BaseStore:
         self.keep_numbers = numbers == "plain"
         self._keys = keys
         self._cipher: NumberCipher | None = None
+        self._number_memo: dict[tuple[str, str], dict[str, Any]] = {}
 
     @property
     def cipher(self) -> NumberCipher | None:
@@ -236,16 +240,30 @@ class BaseStore:
             "to": to if self.keep_numbers else None,
             "from_": from_ if self.keep_numbers else None,
         }
-        cipher = self.cipher
         for name, number in (("to", to), ("from", from_)):
             if number is not None:
-                field = "from_" if name == "from" else name
-                norm = normalize_number(number, field=field)
-                out[f"{name}_hash"] = self.hash_key.hash_normalized(norm)
-                out[f"{name}_masked"] = mask_number(norm)
-                if cipher is not None:
-                    out[f"{name}_enc"] = cipher.seal(norm, field)
+                out.update(self._protected(number, name))
         return out
+
+    def _protected(self, number: str, name: str) -> dict[str, Any]:
+        """Hash, mask and envelope of one number, memoised (senders and repeat recipients)."""
+        memo = self._number_memo
+        found = memo.get((number, name))
+        if found is not None:
+            return found
+        field = "from_" if name == "from" else name
+        norm = normalize_number(number, field=field)
+        fields = {
+            f"{name}_hash": self.hash_key.hash_normalized(norm),
+            f"{name}_masked": mask_number(norm),
+        }
+        cipher = self.cipher
+        if cipher is not None:
+            fields[f"{name}_enc"] = cipher.seal(norm, field)
+        if len(memo) >= _NUMBER_MEMO_SIZE:
+            memo.clear()
+        memo[(number, name)] = fields
+        return fields
 
     def protect(self, record: TrackingRecord) -> TrackingRecord:
         """Fill hashes and masks of the numbers and drop them unless numbers are kept."""

@@ -1,9 +1,10 @@
 """The store contract: the same questions, the same answers, from every tracking store.
 
-Each test runs against ``memory``, ``parquet`` and ``parquet-compacted`` (see
-``conftest.py``); ``checkpoint()`` folds the lake of the last variant between writes,
-so every answer is also checked over a compacted current state plus newer snapshots
-(merge-on-read). Expected answers are written out by hand; the property tests in
+Each test runs against ``memory``, ``parquet``, ``parquet-compacted``, ``s3`` and
+``s3-compacted`` (see ``conftest.py``); ``checkpoint()`` folds the lake of the
+``-compacted`` variants between writes, so every answer is also checked over a
+compacted current state plus newer snapshots (merge-on-read), on a local disk and in
+an S3 API over HTTP. Expected answers are written out by hand; the property tests in
 ``test_properties.py`` compare random cases with the model in ``_model.py``.
 """
 
@@ -34,6 +35,7 @@ from kmsg_analytics import (
     SendWarning,
     TrackingRecord,
 )
+from kmsg_analytics._objectlake import ObjectLakeStore
 from tests._model import (
     RECORD_FIELDS,
     TEST_KEY,
@@ -42,7 +44,18 @@ from tests._model import (
     hash_number,
     mask_number,
 )
-from tests.conftest import NOW, PROVIDER_IDS, STORE_KINDS, AnyStore, FixedClock, Gateway, make_store
+from tests.conftest import (
+    COMPACTED_KINDS,
+    NOW,
+    PROVIDER_IDS,
+    STORE_PARAMS,
+    AnyStore,
+    FixedClock,
+    Gateway,
+    Lake,
+    make_store,
+    reopen,
+)
 
 TO = "010-1234-5678"
 TO_2 = "010-9876-5432"
@@ -600,7 +613,7 @@ def populate(
     send(service, "m1", at=A)  # late repeat: must not undo the poll
 
 
-@pytest.fixture(scope="module", params=STORE_KINDS)
+@pytest.fixture(scope="module", params=STORE_PARAMS)
 def sample(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DeliveryTrackingService]:
@@ -614,7 +627,7 @@ def sample(
     svc = DeliveryTrackingService([Gateway(p) for p in PROVIDER_IDS], store=store, clock=clock)
 
     def checkpoint() -> None:
-        if isinstance(store, ParquetTrackingStore) and kind == "parquet-compacted":
+        if isinstance(store, ParquetTrackingStore | ObjectLakeStore) and kind in COMPACTED_KINDS:
             store.compact()
 
     try:
@@ -1186,10 +1199,20 @@ def _assert_same_answers(got: dict[str, Any], expected: dict[str, Any]) -> None:
             assert got[key] == value, key
 
 
-def test_compaction_never_changes_answers(tmp_path: Path) -> None:
+@pytest.fixture(params=["parquet", "s3"])
+def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lake]:
+    """A fresh lake on local disk or in the S3 server."""
+    store = make_store(str(request.param), tmp_path / "lake")
+    assert isinstance(store, ParquetTrackingStore | ObjectLakeStore)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def test_compaction_never_changes_answers(lake: Lake) -> None:
     """The lake's answers equal the in-memory store's before and after every fold."""
     reference = InMemoryTrackingStore(hash_key=TEST_KEY)
-    lake = ParquetTrackingStore(tmp_path / "lake", hash_key=TEST_KEY)
     clocks = [FixedClock(NOW), FixedClock(NOW)]
     stores: list[AnyStore] = [reference, lake]
     services = [
@@ -1222,15 +1245,14 @@ def test_compaction_never_changes_answers(tmp_path: Path) -> None:
     finally:
         for svc in services:
             svc.close()
-    reopened = ParquetTrackingStore(tmp_path / "lake", hash_key=TEST_KEY)
+    reopened = reopen(lake)
     try:
         _assert_same_answers(_answers(reopened), _answers(reference))
     finally:
         reopened.close()
 
 
-def test_writes_after_compaction_merge_on_read(tmp_path: Path) -> None:
-    lake = ParquetTrackingStore(tmp_path / "lake", hash_key=TEST_KEY)
+def test_writes_after_compaction_merge_on_read(lake: Lake) -> None:
     clock = FixedClock(NOW)
     svc = DeliveryTrackingService(
         [Gateway("solapi"), Gateway("iwinv"), Gateway("aligo")], store=lake, clock=clock
