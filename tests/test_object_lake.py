@@ -512,9 +512,7 @@ def test_closed_store_refuses_writes(lake: ObjectLakeStore) -> None:
         lake.upsert(record(1))
 
 
-def test_parquet_tracking_store_opens_a_url_as_the_object_lake(
-    server: S3Server, url: str
-) -> None:
+def test_parquet_tracking_store_opens_a_url_as_the_object_lake(server: S3Server, url: str) -> None:
     from kmsg_analytics import DeliveryTrackingService, ParquetTrackingStore
 
     store = ParquetTrackingStore(url, storage_options=server.options(), hash_key=TEST_KEY)
