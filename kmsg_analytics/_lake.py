@@ -68,8 +68,8 @@ __all__ = ["CompactionReport", "ParquetTrackingStore"]
 log = logging.getLogger("kmsg_analytics.lake")
 
 _BIG_FILE = 64 << 20  # history files this large are not merged again
-_FOLD_WINDOW_ROWS = 400_000  # delta rows a fold holds in memory at once
-_FOLD_WRITE_ROWS = 500_000  # folded rows written together (one Ibis write, many days)
+_FOLD_WINDOW_ROWS = 250_000  # delta rows a fold holds in memory at once
+_FOLD_WRITE_ROWS = 250_000  # folded rows written together (one Ibis write, many days)
 _EMPTY = pl.DataFrame(schema=POLARS_SCHEMA)
 #: provisional seq of rows not yet published (newer than any published row)
 _PENDING_BASE = 1 << 61
