@@ -556,6 +556,12 @@ def _open(
     inner = getattr(lake, "store", None)
     if isinstance(inner, ParquetTrackingStore):
         return inner, False
+    if isinstance(lake, str) and "://" in lake:
+        msg = (
+            f"export reads local lakes only, not {lake!r}: query an object-storage lake "
+            "through ParquetTrackingStore(url, storage_options=...) and write the frame yourself"
+        )
+        raise ExportError(msg)
     if isinstance(lake, str | os.PathLike):
         path = Path(lake)
         if not (path / "_lake.json").is_file():

@@ -1294,6 +1294,10 @@ def _open_lake(
     inner = getattr(lake, "store", None)
     if isinstance(inner, ParquetTrackingStore):
         return inner, False
+    if isinstance(lake, str) and "://" in lake:
+        _invalid(
+            "lake", lake, "a local lake directory (import into object storage is not supported)"
+        )
     if isinstance(lake, str | os.PathLike):
         return ParquetTrackingStore(lake, hash_key=hash_key), True
     msg = "lake"

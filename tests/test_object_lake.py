@@ -530,3 +530,13 @@ class _Named:
 
     def __init__(self, provider_id: str) -> None:
         self.id = provider_id
+
+
+def test_import_and_export_refuse_an_object_lake_clearly(tmp_path: Path) -> None:
+    from kmsg_analytics._export import ExportError, export_records
+    from kmsg_analytics._kmsg_import import _open_lake
+
+    with pytest.raises(ExportError, match="local lakes only"):
+        export_records("s3://bucket/lake", tmp_path / "out.csv", format="csv")
+    with pytest.raises(InvalidRecordError, match="import into object storage"):
+        _open_lake("s3://bucket/lake", TEST_KEY)
