@@ -1,8 +1,10 @@
-"""The ``doctor`` and ``retention`` commands of ``kmsg-analytics`` (wired in by :mod:`.cli`).
+"""The ``doctor``, ``retention`` and ``keys`` commands of ``kmsg-analytics`` (see :mod:`.cli`).
 
 ``kmsg-analytics doctor --lake PATH [--repair]`` checks every file of a lake and exits
 0 when it is healthy, 1 when problems remain. ``kmsg-analytics retention plan|apply
---lake PATH`` shows, then removes, what is past its retention.
+--lake PATH`` shows, then removes, what is past its retention. ``kmsg-analytics keys
+rotate --lake PATH [--check]`` re-seals encrypted numbers with the current key (or,
+with ``--check``, counts them per key id).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_admin_parsers", "cmd_doctor", "cmd_retention"]
+__all__ = ["add_admin_parsers", "cmd_doctor", "cmd_keys", "cmd_retention"]
 
 _DEFAULT_LAKE = Path("data") / "lake"
 
@@ -145,8 +147,49 @@ def cmd_retention(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Re-seal numbers with the current key (``rotate``) or count them per key id (``--check``).
+
+    Exits 0 when every number (published or in a write-ahead log) is under the current
+    key, 1 when some are not (yet), 2 on an error.
+    """
+    from ._crypto import KeyUnavailableError
+    from ._errors import KmsgAnalyticsError
+    from ._keys import key_usage, rotate_keys
+
+    if not (Path(args.lake) / "_lake.json").exists():
+        msg = f"no lake at {args.lake}"
+        raise KmsgAnalyticsError(msg)
+    keys = args.key_file if args.key_file is not None else _available_keys()
+    if args.check or args.action == "check":
+        usage = key_usage(args.lake, keys=keys)
+        print("\n".join(usage.lines()))
+        return 0 if usage.rotated or (usage.active_kid is None and not usage.kids) else 1
+    if keys is None:
+        msg = (
+            "no encryption keys here: set $KMSG_ANALYTICS_KEY to 'newkid:KEY,oldkid:KEY' "
+            "(the current key first) or pass --key-file"
+        )
+        raise KeyUnavailableError(msg)
+    hash_key = _available_hash_key()
+    if hash_key is None:
+        msg = (
+            "the lake's number-hash key is needed to open it: set KMSG_ANALYTICS_HASH_KEY "
+            "(or create the key file) first"
+        )
+        raise KmsgAnalyticsError(msg)
+    result = rotate_keys(
+        args.lake,
+        keys=keys,
+        hash_key=hash_key,
+        progress=lambda line: print(line, file=sys.stderr, flush=True) if args.verbose else None,
+    )
+    print("\n".join(result.lines()))
+    return 0 if result.after.rotated else 1
+
+
 def add_admin_parsers(sub: Any) -> None:
-    """Add ``doctor`` and ``retention`` to the subcommands of ``kmsg-analytics``."""
+    """Add ``doctor``, ``retention`` and ``keys`` to the subcommands of ``kmsg-analytics``."""
     doctor: argparse.ArgumentParser = sub.add_parser(
         "doctor",
         help="check every file of a lake (exit 1 when problems are found)",
@@ -193,3 +236,31 @@ def add_admin_parsers(sub: Any) -> None:
         "-v", "--verbose", action="store_true", help="print each partition as it is replaced"
     )
     retention.set_defaults(func=cmd_retention)
+
+    keys: argparse.ArgumentParser = sub.add_parser(
+        "keys",
+        help="re-seal encrypted numbers with the current key (rotate), or count them (--check)",
+        description=(
+            "rotate: re-encrypt every sealed number of the lake with the current key (the "
+            "first in $KMSG_ANALYTICS_KEY or the key file), one file at a time, each replaced "
+            "in one rename; the old keys must still be given. Run again to finish a rotation "
+            "that was interrupted. --check (or `keys check`) only counts the numbers under "
+            "each key id, and tells when an old key can be retired. Exit 0 when every number "
+            "is under the current key, 1 otherwise."
+        ),
+    )
+    keys.add_argument("action", choices=["rotate", "check"])
+    keys.add_argument("--lake", type=Path, default=_DEFAULT_LAKE)
+    keys.add_argument(
+        "--check", action="store_true", help="count numbers per key id; change nothing"
+    )
+    keys.add_argument(
+        "--key-file",
+        type=Path,
+        default=None,
+        help="key file (kid:key lines, current first, owner-only) instead of the environment",
+    )
+    keys.add_argument(
+        "-v", "--verbose", action="store_true", help="print each file as it is re-sealed"
+    )
+    keys.set_defaults(func=cmd_keys)

@@ -339,6 +339,17 @@ def _kids(table: pa.Table) -> set[str]:
     return out
 
 
+def check_key_value_metadata(meta: pq.FileMetaData) -> None:
+    """Raise ``ValueError`` when a footer's key/value metadata is not UTF-8 (Polars refuses it)."""
+    for key, value in (meta.metadata or {}).items():
+        try:
+            key.decode("utf-8")
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            msg = f"its key/value metadata is not valid UTF-8 (key {key[:40]!r})"
+            raise ValueError(msg) from None
+
+
 def _read_file(
     scan: _Scan, paths: LakePaths, path: Path, expected: pa.Schema
 ) -> Iterator[pa.Table]:
@@ -347,6 +358,7 @@ def _read_file(
     scan.files += 1
     try:
         pf = pq.ParquetFile(path)
+        check_key_value_metadata(pf.metadata)
     except Exception as err:
         scan.bad[path] = f"cannot be read: {_text(err)}"
         scan.add("problem", "unreadable", f"{rel} cannot be read ({_text(err)})", rel)
@@ -1214,7 +1226,7 @@ def lake_read_error(
     )
     for path in candidates:
         try:
-            pq.read_metadata(path)
+            check_key_value_metadata(pq.read_metadata(path))
         except FileNotFoundError:
             continue
         except Exception as footer:

@@ -87,6 +87,8 @@ def apply_events(
     Every event is validated before anything is looked up; events for one message
     apply in order. Events for messages the store does not know are counted, not created.
     """
+    if isinstance(events, str | bytes | Mapping) or not isinstance(events, Iterable):
+        raise InvalidRecordError("events", events, "an iterable of events (mappings)")
     batch = [coerce_event(e, i) for i, e in enumerate(events)]
     if not batch:
         return [], IngestReport(0, 0, 0, ())

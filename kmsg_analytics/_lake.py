@@ -503,7 +503,9 @@ class ParquetTrackingStore(BaseStore):
             if self._footers_ok.get(name) == stamp:
                 continue
             try:
-                pq.read_metadata(name)
+                from ._doctor import check_key_value_metadata
+
+                check_key_value_metadata(pq.read_metadata(name))
             except FileNotFoundError:
                 continue
             except Exception as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 from typing import Any
 
 import polars as pl
@@ -155,6 +156,35 @@ def seal_numbers(normalized: pl.Series, cipher: NumberCipher | None, field: str)
     return normalized.replace_strict(mapping, default=None, return_dtype=pl.String)
 
 
+#: Optional text columns of a bulk frame (their dtype is checked before their values).
+_OPTIONAL_TEXT = (
+    "to", "from_", "provider_message_id", "retention_class", "provider_status_code",
+    "provider_status_message", "to_hash", "to_masked", "from_hash", "from_masked",
+    "to_enc", "from_enc",
+)  # fmt: skip
+_MAX_JSON_BYTES = 1_000_000
+
+
+def _check_json_column(frame: pl.DataFrame, name: str) -> None:
+    """Every value of a JSON text column is at most 1 MB and parses (metadata: an object)."""
+    col = frame.get_column(name)
+    if col.dtype == pl.Null or (name == "metadata" and isinstance(col.dtype, pl.Struct)):
+        return
+    if col.dtype != pl.String:
+        raise InvalidRecordError(name, str(col.dtype), "a column of JSON text")
+    big = col.str.len_bytes() > _MAX_JSON_BYTES
+    if big.any():
+        size = col.filter(big).str.len_bytes()[0]
+        raise InvalidRecordError(name, f"<{size} bytes>", "at most 1 MB of JSON")
+    for text in col.drop_nulls().unique().to_list():  # distinct values only
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise InvalidRecordError(name, text, "JSON text") from None
+        if name == "metadata" and not isinstance(value, dict):
+            raise InvalidRecordError(name, text, "a JSON object")
+
+
 def frame_to_table(
     source: Any, key: HashKey, *, keep_numbers: bool, cipher: NumberCipher | None = None
 ) -> pa.Table:
@@ -173,7 +203,8 @@ def frame_to_table(
         )
     frame = source.rename({"from": "from_"}) if "from" in source.columns else source
     missing = [c for c in _REQUIRED if c not in frame.columns]
-    if "to" not in frame.columns and "to_hash" not in frame.columns:
+    no_to = "to" not in frame.columns or frame.schema["to"] == pl.Null
+    if no_to and "to_hash" not in frame.columns:
         missing.append("to (or to_hash)")
     if missing:
         raise InvalidRecordError(
@@ -182,6 +213,15 @@ def frame_to_table(
     for name in ("message_id", "provider_id", "type", "status"):
         if frame.schema[name] != pl.String:
             raise InvalidRecordError(name, str(frame.schema[name]), "a string column")
+    for name in _OPTIONAL_TEXT:
+        if name in frame.columns and frame.schema[name] not in (pl.String, pl.Null):
+            raise InvalidRecordError(name, str(frame.schema[name]), "a string column")
+    counts = frame.schema.get("attempt_count")
+    if counts is not None and not (counts.is_integer() or counts == pl.Null):
+        raise InvalidRecordError("attempt_count", str(counts), "a column of whole numbers")
+    for name in ("metadata", "raw"):  # JSON text, at most 1 MB a value, like record_send's
+        if name in frame.columns:
+            _check_json_column(frame, name)
     checks = _value_checks(frame)
     try:
         times = {n: _as_time(frame, n) for n in _TIME_COLUMNS if n in frame.columns}
@@ -222,7 +262,8 @@ def frame_to_table(
             )
         )
     if "attempt_count" in frame.columns:
-        checks.append(("attempt_count", pl.col("attempt_count") < 0, "a whole number >= 0"))
+        count = pl.col("attempt_count")
+        checks.append(("attempt_count", (count < 0) | (count >= 2**31), "a whole number >= 0"))
     _run_checks(frame, checks)  # one pass over the frame for every check
     frame = frame.drop(list(times)).rename({f"__{n}": n for n in times})
 
@@ -258,7 +299,7 @@ def frame_to_table(
     }
     fill = {n: e for n, e in defaults.items() if n not in frame.columns}
     frame = frame.with_columns(**fill)
-    if frame.schema["metadata"] != pl.String:
+    if isinstance(frame.schema["metadata"], pl.Struct):
         frame = frame.with_columns(pl.col("metadata").struct.json_encode())
     frame = frame.with_columns(
         pl.col("provider_message_id").fill_null("").str.strip_chars(),
@@ -268,19 +309,33 @@ def frame_to_table(
             pl.col("status_updated_at").fill_null(pl.col("requested_at"))
         ),
         pl.col("attempt_count").fill_null(0),
+        pl.col("retention_class").fill_null(DEFAULT_RETENTION_CLASS),
         retention_bucket_ym=(
             pl.col("requested_at").dt.year() * 100 + pl.col("requested_at").dt.month()
         ).cast(pl.Int32),
         seq=pl.lit(0, pl.Int64),
         snapshot_kind=pl.lit("load"),
-        recorded_at=pl.col("status_updated_at"),
+        recorded_at=pl.col("status_updated_at").fill_null(pl.col("requested_at")),
     )
     if not keep_numbers:
         frame = frame.drop([c for c in ("to", "from_") if c in frame.columns])
-    out = frame.select(
-        [
-            (pl.col(n) if n in frame.columns else pl.lit(None)).cast(dtype).alias(n)
-            for n, dtype in POLARS_SCHEMA.items()
-        ]
-    )
-    return out.to_arrow().cast(SNAPSHOT_SCHEMA)
+    try:
+        out = frame.select(
+            [
+                (pl.col(n) if n in frame.columns else pl.lit(None)).cast(dtype).alias(n)
+                for n, dtype in POLARS_SCHEMA.items()
+            ]
+        )
+        return out.to_arrow().cast(SNAPSHOT_SCHEMA)
+    except (pl.exceptions.PolarsError, pa.ArrowException, ValueError):
+        for n, dtype in POLARS_SCHEMA.items():  # name the column that does not fit
+            if n in frame.columns:
+                field = SNAPSHOT_SCHEMA.field(n)
+                try:
+                    frame.select(pl.col(n).cast(dtype)).to_arrow().cast(pa.schema([field]))
+                except (pl.exceptions.PolarsError, pa.ArrowException, ValueError):
+                    nulls = "" if field.nullable else " without nulls"
+                    raise InvalidRecordError(
+                        n, str(frame.schema[n]), f"a column of {dtype} values{nulls}"
+                    ) from None
+        raise

@@ -93,8 +93,11 @@ class HashKey:
     def __init__(self, key: bytes | str) -> None:
         raw = key.encode() if isinstance(key, str) else bytes(key)
         if len(raw) < 8:
-            msg = "the number hash key must be at least 8 bytes long"
-            raise ValueError(msg)
+            raise InvalidRecordError(
+                "hash_key",
+                f"<{len(raw)} bytes>",
+                "a key of at least 8 bytes (set KMSG_ANALYTICS_HASH_KEY)",
+            )
         self._key = raw
         self.key_id = hmac.new(raw, b"kmsg-analytics/key-id", hashlib.sha256).hexdigest()[:16]
 

@@ -279,7 +279,7 @@ def coerce_time(value: object, name: str) -> datetime:
     '2026-11-01T00:00:00+00:00'
     """
     if isinstance(value, datetime):
-        result = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        result = _to_utc(value, name)
     elif isinstance(value, int | float) and not isinstance(value, bool):
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidRecordError(name, value, "a finite time")
@@ -296,7 +296,7 @@ def coerce_time(value: object, name: str) -> datetime:
         except ValueError:
             msg = "an ISO 8601 time such as '2026-11-01T09:00:00+09:00', or epoch milliseconds"
             raise InvalidRecordError(name, value, msg) from None
-        result = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        result = _to_utc(parsed, name, value)
     else:
         raise InvalidRecordError(
             name, value, "a datetime, an ISO 8601 string or epoch milliseconds"
@@ -305,6 +305,19 @@ def coerce_time(value: object, name: str) -> datetime:
         raise InvalidRecordError(name, value, "a time between 2000-01-01 and 2200-01-01 (UTC)")
     # the lake keeps microseconds; drop nothing else
     return result
+
+
+def _to_utc(moment: datetime, name: str, shown: object = None) -> datetime:
+    """``moment`` in UTC (naive means UTC); a clear error where UTC leaves the calendar."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        shown = moment if shown is None else shown
+        raise InvalidRecordError(
+            name, shown, "a time between 2000-01-01 and 2200-01-01 (UTC)"
+        ) from None
 
 
 def coerce_optional_time(value: object, name: str) -> datetime | None:

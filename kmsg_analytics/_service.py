@@ -228,7 +228,12 @@ class DeliveryTrackingService(PollingMixin):
         Returns the number recorded. Bad input anywhere raises before anything is written.
         """
         self.init()
+        if isinstance(pairs, str | bytes | Mapping) or not isinstance(pairs, Iterable):
+            raise InvalidRecordError("pairs", pairs, "an iterable of (context, result) pairs")
         batch = list(pairs)
+        for i, pair in enumerate(batch):
+            if not isinstance(pair, tuple | list) or len(pair) != 2:
+                raise InvalidRecordError(f"pairs[{i}]", pair, "a (context, result) pair")
         if not batch:
             return 0
         now = _micros(self.clock())

@@ -994,7 +994,10 @@ def load_snapshots(store: TrackingStore, snapshots: pl.DataFrame) -> int:
     written = 0
     for (_step, kind), part in snapshots.group_by(["step", "snapshot_kind"], maintain_order=True):
         table = frame_to_table(
-            part.drop("step", "snapshot_kind"), store.hash_key, keep_numbers=store.keep_numbers
+            part.drop("step", "snapshot_kind"),
+            store.hash_key,
+            keep_numbers=store.keep_numbers,
+            cipher=getattr(store, "cipher", None),  # numbers given in clear are sealed too
         )
         store.append_table(table, kind=str(kind))  # type: ignore[arg-type]
         written += table.num_rows
