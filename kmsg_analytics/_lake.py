@@ -68,8 +68,8 @@ __all__ = ["CompactionReport", "ParquetTrackingStore"]
 log = logging.getLogger("kmsg_analytics.lake")
 
 _BIG_FILE = 64 << 20  # history files this large are not merged again
-_FOLD_WINDOW_ROWS = 250_000  # delta rows a fold holds in memory at once
-_FOLD_WRITE_ROWS = 250_000  # folded rows written together (one Ibis write, many days)
+_FOLD_WINDOW_ROWS = 100_000  # delta rows a fold holds in memory at once
+_FOLD_WRITE_ROWS = 100_000  # folded rows written together (one Ibis write, many days)
 _EMPTY = pl.DataFrame(schema=POLARS_SCHEMA)
 #: provisional seq of rows not yet published (newer than any published row)
 _PENDING_BASE = 1 << 61
@@ -431,7 +431,18 @@ class ParquetTrackingStore(BaseStore):
         """Write through the Ibis backend (DuckDB ``COPY`` by default)."""
         import ibis
 
-        self._to_parquet(ibis.memtable(table), path)
+        expr = ibis.memtable(table)
+        try:
+            self._to_parquet(expr, path)
+        finally:
+            self._forget(expr)
+
+    def _forget(self, expr: Any) -> None:
+        """Drop the in-memory table a write registered (DuckDB keeps it for the connection)."""
+        unregister = getattr(getattr(self.backend, "con", None), "unregister", None)
+        if callable(unregister):
+            with contextlib.suppress(Exception):
+                unregister(expr.op().name)
 
     def _to_parquet(self, expr: Any, path: Path, *, partition_by: str | None = None) -> None:
         """Every Parquet file of the lake is written here (one file, or a hive directory)."""
@@ -789,7 +800,11 @@ class ParquetTrackingStore(BaseStore):
             import ibis
 
             table = pl.concat(full, how="vertical").to_arrow()
-            self._to_parquet(ibis.memtable(table), stage, partition_by=CURRENT_PARTITION)
+            expr = ibis.memtable(table)
+            try:
+                self._to_parquet(expr, stage, partition_by=CURRENT_PARTITION)
+            finally:
+                self._forget(expr)
         for day, frame in days:
             target = self.paths.current_file(day)
             target.parent.mkdir(exist_ok=True)
