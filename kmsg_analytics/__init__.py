@@ -17,6 +17,7 @@ from ._analytics import (
     SummaryRates,
 )
 from ._crypto import KeyUnavailableError
+from ._distributed import ibis_report, spark_backend
 from ._doctor import DoctorReport, check_lake
 from ._errors import (
     InvalidRecordError,
@@ -36,8 +37,11 @@ from ._gateways import (
     capture_send,
     load_gateways_config,
 )
+from ._keys import key_usage, rotate_keys
 from ._lake import CompactionReport, ParquetTrackingStore
 from ._metrics import FAILURE_CATEGORIES, RATES, RateMetric, wilson_interval
+from ._objectlake import ObjectLakeStore
+from ._objectstore import LakeUnavailableError
 from ._phone import HashKey, mask_number, normalize_number, resolve_hash_key
 from ._providers import (
     ApiFailoverConfig,
@@ -120,7 +124,9 @@ __all__ = [
     "LakeCorruptError",
     "LakeError",
     "LakeFormatError",
+    "LakeUnavailableError",
     "LatencyReport",
+    "ObjectLakeStore",
     "ParquetTrackingStore",
     "PollingConfig",
     "Provider",
@@ -149,12 +155,16 @@ __all__ = [
     "capture_send",
     "check_lake",
     "explore",
+    "ibis_report",
+    "key_usage",
     "load_gateways_config",
     "mask_number",
     "normalize_number",
     "plan_retention",
     "poll_until_stopped",
     "resolve_hash_key",
+    "rotate_keys",
+    "spark_backend",
     "wilson_interval",
 ]
 

@@ -726,8 +726,10 @@ def ibis_latest(history: ir.Table) -> ir.Table:
 
     key = history["seq"] + ibis.ifelse(history["snapshot_kind"] == "send", 0, PRECEDENCE_OFFSET)
     marked = history.mutate(__key=key)
-    top = marked["__key"].max().over(group_by=marked["message_id"])
-    return marked.filter(marked["__key"] == top).drop("__key")
+    # the window as a column, then a plain filter: Ibis 12's PySpark compiler mis-names
+    # the subquery of a filter that holds a window function
+    marked = marked.mutate(__top=marked["__key"].max().over(group_by=marked["message_id"]))
+    return marked.filter(marked["__key"] == marked["__top"]).drop("__key", "__top")
 
 
 def ibis_rate_table(
