@@ -29,7 +29,7 @@ from __future__ import annotations
 import html
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -520,15 +520,7 @@ class DeliveryAnalytics:
             requested_at_from=s, requested_at_to=e, provider_id=provider_id, type=type
         )
         by_cols = _fields(by, "by")
-        keys = list(
-            dict.fromkeys(
-                [
-                    *by_cols,
-                    *(["provider_id"] if include_by_provider else []),
-                    *(["type"] if include_by_type else []),
-                ]
-            )
-        )
+        keys = summary_keys(by_cols, include_by_provider, include_by_type)
         rates = tuple(m.RATES.values())
         columns = m.metric_columns(m.COUNTS, rates)
         reduced = m.polars_reduce(self._current(flt, at), keys, columns).collect()
@@ -545,34 +537,8 @@ class DeliveryAnalytics:
         def make(row: Mapping[str, Any]) -> DeliverySummary:
             return _summary_from_row(row, self.min_n, s, e, at)
 
-        top = level([]).row(0, named=True)
-        by_provider = by_type = None
-        if include_by_provider:
-            by_provider = {
-                r["provider_id"]: make(r) for r in level(["provider_id"]).iter_rows(named=True)
-            }
-        if include_by_type:
-            by_type = {r["type"]: make(r) for r in level(["type"]).iter_rows(named=True)}
-        breakdown = None
-        if by_cols:
-            table = level(by_cols)
-            breakdown = table.select(
-                *by_cols,
-                *(c.name for c in m.COUNTS),
-                *(f"{n}_pct" for n in m.KMSG_RATES),
-            )
-        base = make(top)
-        return DeliverySummary(
-            total=base.total,
-            by_status=base.by_status,
-            rates=base.rates,
-            by_provider=by_provider,
-            by_type=by_type,
-            metrics=base.metrics,
-            breakdown=breakdown,
-            start=s,
-            end=e,
-            as_of=at,
+        return assemble_summary(
+            level, make, by_cols, include_by_provider, include_by_type, s, e, at
         )
 
     # ------------------------------------------------------------------ 3. time series
@@ -1548,6 +1514,56 @@ _OF_FAILED = (
     "failed", "not_kakao", "requested", "attempted", "sent", "skipped", "send_failed",
     "in_progress", "fallback_tracked", "fallback_delivered",
 )  # fmt: skip
+
+
+def summary_keys(
+    by_cols: Sequence[str], include_by_provider: bool, include_by_type: bool
+) -> list[str]:
+    """The finest grouping a summary needs: ``by`` plus provider and type when asked for."""
+    extra = [
+        *(["provider_id"] if include_by_provider else []),
+        *(["type"] if include_by_type else []),
+    ]
+    return list(dict.fromkeys([*by_cols, *extra]))
+
+
+def assemble_summary(
+    level: Callable[[Sequence[str]], pl.DataFrame],
+    make: Callable[[Mapping[str, Any]], DeliverySummary],
+    by_cols: Sequence[str],
+    include_by_provider: bool,
+    include_by_type: bool,
+    start: datetime,
+    end: datetime,
+    as_of: datetime | None,
+) -> DeliverySummary:
+    """A :class:`DeliverySummary` from per-level counts (``level(cols)``), whatever the engine."""
+    top = level([]).row(0, named=True)
+    by_provider = by_type = None
+    if include_by_provider:
+        by_provider = {
+            r["provider_id"]: make(r) for r in level(["provider_id"]).iter_rows(named=True)
+        }
+    if include_by_type:
+        by_type = {r["type"]: make(r) for r in level(["type"]).iter_rows(named=True)}
+    breakdown = None
+    if by_cols:
+        breakdown = level(by_cols).select(
+            *by_cols, *(c.name for c in m.COUNTS), *(f"{n}_pct" for n in m.KMSG_RATES)
+        )
+    base = make(top)
+    return DeliverySummary(
+        total=base.total,
+        by_status=base.by_status,
+        rates=base.rates,
+        by_provider=by_provider,
+        by_type=by_type,
+        metrics=base.metrics,
+        breakdown=breakdown,
+        start=start,
+        end=end,
+        as_of=as_of,
+    )
 
 
 def _share(num: pl.Expr, den: pl.Expr, by: Sequence[str]) -> pl.Expr:

@@ -21,7 +21,7 @@ import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
@@ -36,6 +36,8 @@ from ._analytics import (
     _parity_columns,
     _summary_from_row,
     _window,
+    assemble_summary,
+    summary_keys,
 )
 from ._errors import InvalidRecordError, KmsgAnalyticsError, LakeError
 from ._lake import ParquetTrackingStore
@@ -298,15 +300,7 @@ def ibis_report(
     if not isinstance(min_n, int) or isinstance(min_n, bool) or min_n < 1:
         _invalid("min_n", min_n, "a whole number >= 1")
     by_cols = _fields(by, "by")
-    keys = list(
-        dict.fromkeys(
-            [
-                *by_cols,
-                *(["provider_id"] if include_by_provider else []),
-                *(["type"] if include_by_type else []),
-            ]
-        )
-    )
+    keys = summary_keys(by_cols, include_by_provider, include_by_type)
     rates = tuple(m.RATES.values())
     columns = ["requested_at", "provider_id", "type", *sorted(m.metric_columns(m.COUNTS, rates))]
     table = lake_table(con, lake, columns=list(dict.fromkeys([*columns, *keys])))
@@ -325,34 +319,10 @@ def ibis_report(
         out = fine.group_by(list(cols)).agg(sums).sort(list(cols)) if cols else fine.select(sums)
         return out.with_columns(_parity_columns())
 
-    def make(row: dict[str, Any]) -> DeliverySummary:
+    def make(row: Mapping[str, Any]) -> DeliverySummary:
         return _summary_from_row(row, min_n, s, e, None)
 
-    top = level([]).row(0, named=True)
-    by_provider = by_type = None
-    if include_by_provider:
-        by_provider = {
-            r["provider_id"]: make(r) for r in level(["provider_id"]).iter_rows(named=True)
-        }
-    if include_by_type:
-        by_type = {r["type"]: make(r) for r in level(["type"]).iter_rows(named=True)}
-    breakdown = None
-    if by_cols:
-        breakdown = level(by_cols).select(
-            *by_cols, *(c.name for c in m.COUNTS), *(f"{n}_pct" for n in m.KMSG_RATES)
-        )
-    base = make(top)
-    return DeliverySummary(
-        total=base.total,
-        by_status=base.by_status,
-        rates=base.rates,
-        by_provider=by_provider,
-        by_type=by_type,
-        metrics=base.metrics,
-        breakdown=breakdown,
-        start=s,
-        end=e,
-    )
+    return assemble_summary(level, make, by_cols, include_by_provider, include_by_type, s, e, None)
 
 
 # --------------------------------------------------------------------------- Spark

@@ -224,24 +224,7 @@ class ParquetTrackingStore(BaseStore):
         self._initialized = True
 
     def _check_manifest(self, manifest: dict[str, Any]) -> None:
-        version = manifest.get("format_version")
-        if manifest.get("format") != "kmsg-analytics-lake" or not isinstance(version, int):
-            msg = f"{self.paths.root} is not a kmsg-analytics lake (no valid _lake.json)"
-            raise LakeFormatError(msg)
-        if version > FORMAT_VERSION:
-            msg = (
-                f"{self.paths.root} has lake format {version}, newer than this kmsg-analytics "
-                f"understands ({FORMAT_VERSION}); upgrade with `pip install -U kmsg-analytics`"
-            )
-            raise LakeFormatError(msg)
-        if manifest.get("hash_key_id") != self.hash_key.key_id:
-            msg = (
-                f"{self.paths.root} was written with number-hash key "
-                f"{manifest.get('hash_key_id')!r}, "
-                f"but this store has key {self.hash_key.key_id!r}: set KMSG_ANALYTICS_HASH_KEY "
-                "(or pass hash_key=) to the lake's key, or number filters would match nothing"
-            )
-            raise LakeFormatError(msg)
+        check_manifest(manifest, str(self.paths.root), self.hash_key, "no valid _lake.json")
 
     def close(self) -> None:
         """Publish what is pending and release the log; safe to call twice."""
@@ -965,6 +948,32 @@ def _window_days(flt: RecordFilter | None) -> tuple[date, ...] | None:
         return ()
     n = (last - first).days + 1
     return tuple(first + timedelta(days=i) for i in range(n)) if n <= 3660 else None
+
+
+def check_manifest(
+    manifest: Mapping[str, Any], where: str, hash_key: HashKey, missing: str
+) -> None:
+    """Refuse a lake of another format, a newer version or another number-hash key.
+
+    ``where`` names the lake in messages; ``missing`` says where the format was looked for.
+    """
+    version = manifest.get("format_version")
+    if manifest.get("format") != "kmsg-analytics-lake" or not isinstance(version, int):
+        msg = f"{where} is not a kmsg-analytics lake ({missing})"
+        raise LakeFormatError(msg)
+    if version > FORMAT_VERSION:
+        msg = (
+            f"{where} has lake format {version}, newer than this kmsg-analytics "
+            f"understands ({FORMAT_VERSION}); upgrade with `pip install -U kmsg-analytics`"
+        )
+        raise LakeFormatError(msg)
+    if manifest.get("hash_key_id") != hash_key.key_id:
+        msg = (
+            f"{where} was written with number-hash key {manifest.get('hash_key_id')!r}, "
+            f"but this store has key {hash_key.key_id!r}: set KMSG_ANALYTICS_HASH_KEY "
+            "(or pass hash_key=) to the lake's key, or number filters would match nothing"
+        )
+        raise LakeFormatError(msg)
 
 
 def _frame(table: pa.Table) -> pl.DataFrame:

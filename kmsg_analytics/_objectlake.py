@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._errors import InvalidRecordError, LakeCorruptError, LakeError, LakeFormatError
-from ._lake import CompactionReport
+from ._lake import CompactionReport, check_manifest
 from ._objectstore import LakeUnavailableError, ObjectStore, S3Options
 from ._phone import HashKey
 from ._queries import latest
@@ -313,23 +313,7 @@ class ObjectLakeStore(BaseStore):
             self._check_lake(state.lake)
 
     def _check_lake(self, lake: Mapping[str, Any]) -> None:
-        version = lake.get("format_version")
-        if lake.get("format") != "kmsg-analytics-lake" or not isinstance(version, int):
-            msg = f"{self.url} is not a kmsg-analytics lake ({log_key(0)} has no lake format)"
-            raise LakeFormatError(msg)
-        if version > FORMAT_VERSION:
-            msg = (
-                f"{self.url} has lake format {version}, newer than this kmsg-analytics "
-                f"understands ({FORMAT_VERSION}); upgrade with `pip install -U kmsg-analytics`"
-            )
-            raise LakeFormatError(msg)
-        if lake.get("hash_key_id") != self.hash_key.key_id:
-            msg = (
-                f"{self.url} was written with number-hash key {lake.get('hash_key_id')!r}, "
-                f"but this store has key {self.hash_key.key_id!r}: set KMSG_ANALYTICS_HASH_KEY "
-                "(or pass hash_key=) to the lake's key, or number filters would match nothing"
-            )
-            raise LakeFormatError(msg)
+        check_manifest(lake, self.url, self.hash_key, f"{log_key(0)} has no lake format")
 
     def close(self) -> None:
         """Forget cached state; every write is already published. Safe to call twice."""
