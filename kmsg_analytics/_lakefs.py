@@ -74,6 +74,9 @@ class LakePaths:
         self.manifest = root / "_lake.json"
         self.state = root / "_state.json"
         self.lockfile = root / "_lock"
+        # Parsed history file names per partition folder: a writer lists the unfolded
+        # files on every publish, so only names not seen before are parsed again.
+        self._parsed: dict[str, dict[str, HistoryFile]] = {}
 
     def create(self) -> None:
         """Make the directories (idempotent)."""
@@ -110,10 +113,18 @@ class LakePaths:
         """History files (from ``since`` on), ordered by sequence."""
         files: list[HistoryFile] = []
         for day, folder in self.history_dirs(since):
-            for entry in os.scandir(folder):
-                m = _HISTORY_NAME.match(entry.name)
-                if m:
-                    files.append(HistoryFile(Path(entry.path), day, int(m[2]), int(m[3]), m[4]))
+            known = self._parsed.get(str(folder), {})
+            seen: dict[str, HistoryFile] = {}
+            for name in os.listdir(folder):
+                parsed = known.get(name)
+                if parsed is None:
+                    m = _HISTORY_NAME.match(name)
+                    if not m:
+                        continue
+                    parsed = HistoryFile(folder / name, day, int(m[2]), int(m[3]), m[4])
+                seen[name] = parsed
+            self._parsed[str(folder)] = seen
+            files.extend(seen.values())
         files.sort(key=lambda f: f.lo)
         return files
 

@@ -8,6 +8,7 @@ text. Rows are what the write-ahead log holds and what becomes Parquet.
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, Final, Literal
@@ -22,6 +23,7 @@ __all__ = [
     "SNAPSHOT_SCHEMA",
     "SnapshotKind",
     "record_to_row",
+    "records_to_table",
     "row_to_record",
     "rows_to_table",
 ]
@@ -164,6 +166,49 @@ def record_to_row(
         "retention_class": record.retention_class,
         "retention_bucket_ym": record.retention_bucket_ym,
     }
+
+
+_PLAIN_FIELDS: Final = tuple(
+    (n, SNAPSHOT_SCHEMA.field(n).type)
+    for n in SNAPSHOT_SCHEMA.names
+    if n not in ("seq", "snapshot_kind", "recorded_at", "last_error", "raw", "metadata")
+)
+
+_plain_values: Final = operator.attrgetter(*(name for name, _ in _PLAIN_FIELDS))
+
+
+def records_to_table(
+    records: Sequence[TrackingRecord], *, kind: SnapshotKind, recorded_at: int
+) -> pa.Table:
+    """Records as lake rows, built column by column (the table :func:`record_to_row` gives).
+
+    The batch path of the writers: one pass per column instead of a dict per record.
+    """
+    n = len(records)
+    columns: dict[str, pa.Array] = {
+        "seq": pa.array([0] * n, pa.int64()),
+        "snapshot_kind": pa.array([kind] * n, pa.string()),
+        "recorded_at": pa.array([recorded_at] * n, _TS),
+    }
+    values = zip(*map(_plain_values, records), strict=True) if n else ((),) * len(_PLAIN_FIELDS)
+    for (name, type_), column in zip(_PLAIN_FIELDS, values, strict=True):
+        columns[name] = pa.array(column, type_)
+    columns["last_error"] = pa.array(
+        [
+            None
+            if r.last_error is None
+            else {"code": r.last_error.code, "message": r.last_error.message}
+            for r in records
+        ],
+        SNAPSHOT_SCHEMA.field("last_error").type,
+    )
+    columns["raw"] = pa.array(
+        [None if r.raw is None else dump_json(r.raw) for r in records], pa.string()
+    )
+    columns["metadata"] = pa.array([dump_json(dict(r.metadata)) for r in records], pa.string())
+    return pa.Table.from_arrays(
+        [columns[name] for name in SNAPSHOT_SCHEMA.names], schema=SNAPSHOT_SCHEMA
+    )
 
 
 def row_to_record(row: Mapping[str, Any]) -> TrackingRecord:
