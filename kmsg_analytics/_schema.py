@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import operator
+import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import fields
 from datetime import UTC, date, datetime
 from typing import Any, Final, Literal
 
+import orjson
 import polars as pl
 import pyarrow as pa
 
@@ -22,6 +25,7 @@ __all__ = [
     "FORMAT_VERSION",
     "SNAPSHOT_SCHEMA",
     "SnapshotKind",
+    "frame_to_records",
     "record_to_row",
     "records_to_table",
     "row_to_record",
@@ -253,6 +257,46 @@ def row_to_record(row: Mapping[str, Any]) -> TrackingRecord:
         to_enc=row.get("to_enc"),
         from_enc=row.get("from_enc"),
     )
+
+
+_RECORD_ORDER: Final = tuple(f.name for f in fields(TrackingRecord))
+
+
+#: 19 digits in a row may be an integer past 64 bits, which orjson reads as a float.
+_LONG_DIGITS: Final = re.compile(r"\d{19}")
+
+
+def _json_text(text: str) -> Any:
+    """JSON text from the lake as Python values (``json.loads``, faster where it can be)."""
+    if text == "{}":
+        return {}
+    if _LONG_DIGITS.search(text):
+        return json.loads(text)
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
+def frame_to_records(frame: pl.DataFrame) -> list[TrackingRecord]:
+    """The rows of a frame of lake columns as records, column by column.
+
+    The same records :func:`row_to_record` makes of ``frame.to_dicts()``, at a fraction
+    of the cost: the due list of a polling round is converted here.
+    """
+    if frame.is_empty():
+        return []
+    columns: dict[str, list[Any]] = {
+        name: frame.get_column(name).to_list() if name in frame.columns else [None] * frame.height
+        for name in _RECORD_ORDER
+    }
+    columns["last_error"] = [
+        None if e is None else TrackingError(e["code"], e["message"] or "")
+        for e in columns["last_error"]
+    ]
+    columns["raw"] = [None if v is None else _json_text(v) for v in columns["raw"]]
+    columns["metadata"] = [_json_text(v) for v in columns["metadata"]]
+    return [TrackingRecord(*values) for values in zip(*columns.values(), strict=True)]
 
 
 def rows_to_table(rows: Sequence[Mapping[str, Any]] | Iterable[Mapping[str, Any]]) -> pa.Table:

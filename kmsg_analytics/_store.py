@@ -27,6 +27,7 @@ from ._schema import (
     FULL_RECORD_COLUMNS,
     POLARS_SCHEMA,
     SnapshotKind,
+    frame_to_records,
     record_to_row,
     row_to_record,
     rows_to_table,
@@ -200,7 +201,7 @@ class BaseStore:
             .head(limit)
             .collect()
         )
-        return [row_to_record(r) for r in frame.to_dicts()]
+        return frame_to_records(frame)
 
     def _open(self) -> pl.LazyFrame:
         return self.current()
