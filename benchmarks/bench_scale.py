@@ -148,6 +148,74 @@ def build_per_process(work: Path, n: int, chunk: int, seed: int, delta_rows: int
     store.close()
     info["final_compact_seconds"] = round(time.perf_counter() - t0, 1)
     info["build_seconds"] = round(time.perf_counter() - started, 1)
+    add_poll_delta(work, seed, delta_rows, info)
+
+
+def replicate(src_work: Path, work: Path, times: int, seed: int, delta_rows: int) -> None:
+    """A lake of ``times`` copies of the lake built in ``src_work``, then the poll delta.
+
+    Copy ``k`` gets its own message ids (suffix ``-r<k>``) and its own sequence range
+    (``seq + k * S``, S the source's last ``seq``); every current day then holds ``times``
+    as many messages, sorted by ``requested_at`` as a fold writes them. This is how the
+    100M lake is made: the generator and the chunked loads would take about 1.5 hours
+    of this machine, and they are measured at 10M already.
+    """
+    import duckdb
+
+    src, lake = src_work / "lake", work / "lake"
+    if lake.exists():
+        shutil.rmtree(lake)
+    lake.mkdir(parents=True)
+    state = json.loads((src / "_state.json").read_text())
+    span = int(state["seq"])
+    assert int(state["watermark"]) == span, "replicate a fully folded lake"
+    source = json.loads((src_work / "build.json").read_text())
+    con = duckdb.connect(config={"threads": 2, "preserve_insertion_order": False})
+    options = "FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1"
+
+    def copy(path: Path, k: int) -> str:
+        suffix = "" if k == 0 else f"-r{k}"
+        return (
+            f"SELECT * REPLACE (seq + {k * span} AS seq, "
+            f"message_id || '{suffix}' AS message_id, "
+            f"provider_message_id || '{suffix}' AS provider_message_id) "
+            f"FROM read_parquet('{path}', hive_partitioning = false)"
+        )
+
+    started = time.perf_counter()
+    for name in ("current", "open"):
+        for f in sorted((src / name).rglob("*.parquet")):
+            out = lake / f.relative_to(src)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            union = " UNION ALL ".join(copy(f, k) for k in range(times))
+            order = "requested_at" if name == "current" else "next_check_at"
+            con.execute(f"COPY ({union} ORDER BY {order}, message_id) TO '{out}' ({options})")
+        log(f"  {name}/ replicated ({time.perf_counter() - started:.0f} s)")
+    for f in sorted((src / "history").rglob("*.parquet")):
+        prefix, lo, hi, *rest = f.stem.split("-")
+        for k in range(times):
+            shifted = "-".join([prefix, f"{int(lo) + k * span:020d}", f"{int(hi) + k * span:020d}"])
+            out = lake / f.parent.relative_to(src) / ("-".join([shifted, *rest]) + ".parquet")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            con.execute(f"COPY ({copy(f, k)}) TO '{out}' ({options})")
+    log(f"  history/ replicated ({time.perf_counter() - started:.0f} s)")
+    shutil.copy2(src / "_lake.json", lake / "_lake.json")
+    state.update(seq=span * times, watermark=span * times, last_wal=None)
+    (lake / "_state.json").write_text(json.dumps(state, indent=1, sort_keys=True))
+    info = {
+        "messages": source["messages"] * times,
+        "snapshot_rows": source["snapshot_rows"] * times,
+        "replicated_from": str(src_work),
+        "replicated_times": times,
+        "replicate_seconds": round(time.perf_counter() - started, 1),
+        "source_build": source,
+    }
+    add_poll_delta(work, seed, delta_rows, info)
+
+
+def add_poll_delta(work: Path, seed: int, delta_rows: int, info: dict[str, Any]) -> None:
+    """``lake_delta``: the lake (hard links) plus one poll of each open message, not folded."""
+    lake = work / "lake"
     open_path = lake / "open" / "part-0.parquet"
     info["open"] = pl.scan_parquet(open_path).select(pl.len()).collect().item()
     delta_lake = work / "lake_delta"
@@ -155,7 +223,9 @@ def build_per_process(work: Path, n: int, chunk: int, seed: int, delta_rows: int
         shutil.rmtree(delta_lake)
     bench_lake.link_tree(lake, delta_lake)
     open_records = pl.read_parquet(open_path).drop("requested_date", "to", "from_")
-    polls = synthetic_poll_updates(open_records.head(delta_rows), now=bench_lake.END, seed=seed)
+    if open_records.height > delta_rows:  # a uniform sample of the open messages
+        open_records = open_records.sample(delta_rows, seed=seed)
+    polls = synthetic_poll_updates(open_records, now=bench_lake.END, seed=seed)
     polls = polls.select(
         [c for c in polls.columns if c not in ("seq", "snapshot_kind", "recorded_at")]
     )
@@ -318,12 +388,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-full-compact", action="store_true", help="skip the full compaction")
     p.add_argument("--rss-limit-mb", type=int, default=16_000, help="kill a worker above this")
     p.add_argument("--out", type=Path, help="also write the JSON here")
+    p.add_argument(
+        "--replicate", type=Path, help="build the lake as --times copies of the one in this --work"
+    )
+    p.add_argument("--times", type=int, default=10, help="copies for --replicate")
     a = p.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     info_path = a.work / "build.json"
     if not (a.reuse and info_path.exists()):
         log(f"building a lake of {a.n:,} messages in {a.work} ...")
-        if a.one_process:
+        if a.replicate:
+            replicate(a.replicate, a.work, a.times, a.seed, a.delta_rows)
+        elif a.one_process:
             cmd = [sys.executable, bench_lake.__file__, "_build", str(a.work), str(a.n),
                    str(a.chunk), str(a.seed), str(a.delta_rows)]  # fmt: skip
             subprocess.run(cmd, check=True)
