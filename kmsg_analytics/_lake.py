@@ -59,7 +59,7 @@ from ._schema import (
     records_to_table,
     rows_to_table,
 )
-from ._store import BaseStore, NumberStorage
+from ._store import NumberStorage, RetriedReads
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -97,7 +97,7 @@ class CompactionReport:
     seconds: float
 
 
-class ParquetTrackingStore(BaseStore):
+class ParquetTrackingStore(RetriedReads):
     """A tracking store on a directory of hive-partitioned Parquet.
 
     Parameters
@@ -565,18 +565,6 @@ class ParquetTrackingStore(BaseStore):
                 if attempt == _READ_ATTEMPTS - 1:
                     raise
         raise AssertionError  # pragma: no cover - the loop returns or raises
-
-    def count_records(self, flt: RecordFilter, *, as_of: datetime | None = None) -> int:
-        """How many current records (or records ``as_of`` a past moment) match ``flt``."""
-        return self._retrying(lambda: BaseStore.count_records(self, flt, as_of=as_of))
-
-    def get(self, message_id: str) -> TrackingRecord | None:
-        """The current record of ``message_id``, or ``None``."""
-        return self._retrying(lambda: BaseStore.get(self, message_id))
-
-    def list_due(self, now: datetime, limit: int) -> list[TrackingRecord]:
-        """Non-terminal records whose next check is due, earliest first (ties by id)."""
-        return self._retrying(lambda: BaseStore.list_due(self, now, limit))
 
     def _refresh(self) -> tuple[int, pl.DataFrame]:
         """The decoded snapshots past the watermark (published and pending), refreshed."""

@@ -44,7 +44,7 @@ from ._schema import (
     record_to_row,
     rows_to_table,
 )
-from ._store import BaseStore, NumberStorage
+from ._store import NumberStorage, RetriedReads
 
 __all__ = ["LakeUnavailableError", "ObjectLakeStore"]
 
@@ -187,7 +187,7 @@ class _View:
     days: list[date] = field(default_factory=list)  # requested days holding changed ids
 
 
-class ObjectLakeStore(BaseStore):
+class ObjectLakeStore(RetriedReads):
     """A tracking store in S3-compatible object storage (``s3://bucket/prefix``).
 
     Every write is one immutable Parquet object plus one log entry created with a
@@ -764,18 +764,6 @@ class ObjectLakeStore(BaseStore):
                 with self._mutex:
                     self._view = None
         raise AssertionError  # pragma: no cover - the loop returns or raises
-
-    def count_records(self, flt: RecordFilter, *, as_of: datetime | None = None) -> int:
-        """How many current records (or records ``as_of`` a past moment) match ``flt``."""
-        return self._retrying(lambda: BaseStore.count_records(self, flt, as_of=as_of))
-
-    def get(self, message_id: str) -> TrackingRecord | None:
-        """The current record of ``message_id``, or ``None``."""
-        return self._retrying(lambda: BaseStore.get(self, message_id))
-
-    def list_due(self, now: datetime, limit: int) -> list[TrackingRecord]:
-        """Non-terminal records whose next check is due, earliest first (ties by id)."""
-        return self._retrying(lambda: BaseStore.list_due(self, now, limit))
 
     # ------------------------------------------------------------------ compaction
 

@@ -9,10 +9,10 @@ never moves a message backwards).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import polars as pl
 import pyarrow as pa
@@ -42,6 +42,8 @@ _NUMBER_MEMO_SIZE = 65_536
 #: How a store keeps phone numbers: sealed with AES-256-GCM (default), as keyed hashes and
 #: masks only, or in clear (only when asked for). Hash and mask are always kept.
 NumberStorage = Literal["encrypted", "hashed", "plain"]
+
+_T = TypeVar("_T")
 
 
 @runtime_checkable
@@ -274,6 +276,29 @@ class BaseStore:
 def wins(new_kind: str, old_kind: str | None) -> bool:
     """Whether a snapshot of ``new_kind`` replaces a current state written as ``old_kind``."""
     return old_kind is None or new_kind != "send" or old_kind == "send"
+
+
+class RetriedReads(BaseStore):
+    """A lake store's eager reads, each run through the store's ``_retrying``.
+
+    A lake's reader can list a file that a concurrent compaction then replaces; the
+    store retries such a read on the newer files (see each store's ``_retrying``).
+    """
+
+    def _retrying(self, read: Callable[[], _T]) -> _T:
+        raise NotImplementedError  # pragma: no cover - every lake store has its own
+
+    def count_records(self, flt: RecordFilter, *, as_of: datetime | None = None) -> int:
+        """How many current records (or records ``as_of`` a past moment) match ``flt``."""
+        return self._retrying(lambda: BaseStore.count_records(self, flt, as_of=as_of))
+
+    def get(self, message_id: str) -> TrackingRecord | None:
+        """The current record of ``message_id``, or ``None``."""
+        return self._retrying(lambda: BaseStore.get(self, message_id))
+
+    def list_due(self, now: datetime, limit: int) -> list[TrackingRecord]:
+        """Non-terminal records whose next check is due, earliest first (ties by id)."""
+        return self._retrying(lambda: BaseStore.list_due(self, now, limit))
 
 
 class InMemoryTrackingStore(BaseStore):
