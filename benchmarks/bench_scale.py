@@ -40,6 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_lake  # the build and the workers of the lake benchmark
 
 WINDOW = (bench_lake.END - timedelta(days=91), bench_lake.END)
+_DAY_US = 86_400_000_000
+#: The timestamps a replicated copy moves (``recorded_at`` stays: it places the history file).
+_MOVED = (
+    "requested_at", "scheduled_at", "sent_at", "delivered_at", "failed_at",
+    "status_updated_at", "last_checked_at", "next_check_at",
+)  # fmt: skip
 
 
 def log(message: str) -> None:
@@ -151,14 +157,19 @@ def build_per_process(work: Path, n: int, chunk: int, seed: int, delta_rows: int
     add_poll_delta(work, seed, delta_rows, info)
 
 
-def replicate(src_work: Path, work: Path, times: int, seed: int, delta_rows: int) -> None:
+def replicate(
+    src_work: Path, work: Path, times: int, seed: int, delta_rows: int, *, history: bool
+) -> None:
     """A lake of ``times`` copies of the lake built in ``src_work``, then the poll delta.
 
     Copy ``k`` gets its own message ids (suffix ``-r<k>``) and its own sequence range
     (``seq + k * S``, S the source's last ``seq``); every current day then holds ``times``
     as many messages, sorted by ``requested_at`` as a fold writes them. This is how the
     100M lake is made: the generator and the chunked loads would take about 1.5 hours
-    of this machine, and they are measured at 10M already.
+    of this machine, and they are measured at 10M already. Without ``history`` only the
+    source's history files are linked in: they and the copies' snapshots lie below the
+    watermark, where no measured query or fold reads, so the copies' history (``times``
+    the source's bytes) is left out to save the hour its rewrite takes.
     """
     import duckdb
 
@@ -174,12 +185,21 @@ def replicate(src_work: Path, work: Path, times: int, seed: int, delta_rows: int
     options = "FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1"
 
     def copy(path: Path, k: int) -> str:
-        suffix = "" if k == 0 else f"-r{k}"
+        source = f"read_parquet('{path}', hive_partitioning = false)"
+        if k == 0:
+            return f"SELECT * FROM {source}"
+        # Copy k moves each message to another time of the same requested day (every
+        # timestamp by the same amount, so durations hold) and gives it its own ids and
+        # number hashes: copies do not sit side by side as duplicates that compress away.
+        t, d = "epoch_us(requested_at)", f"(epoch_us(requested_at) // {_DAY_US}) * {_DAY_US}"
+        offset = f"{k * _DAY_US // 10} + CAST(hash(message_id) % 600000000 AS BIGINT)"
+        delta = f"to_microseconds(({d} + (({t} - {d} + {offset}) % {_DAY_US})) - {t})"
+        moved = ", ".join(f"{c} + {delta} AS {c}" for c in _MOVED)
+        hashes = ", ".join(f"sha256({c} || '{k}') AS {c}" for c in ("to_hash", "from_hash"))
         return (
-            f"SELECT * REPLACE (seq + {k * span} AS seq, "
-            f"message_id || '{suffix}' AS message_id, "
-            f"provider_message_id || '{suffix}' AS provider_message_id) "
-            f"FROM read_parquet('{path}', hive_partitioning = false)"
+            f"SELECT * REPLACE (seq + {k * span} AS seq, message_id || '-r{k}' AS message_id, "
+            f"provider_message_id || '-r{k}' AS provider_message_id, {hashes}, {moved}) "
+            f"FROM {source}"
         )
 
     started = time.perf_counter()
@@ -193,6 +213,11 @@ def replicate(src_work: Path, work: Path, times: int, seed: int, delta_rows: int
         log(f"  {name}/ replicated ({time.perf_counter() - started:.0f} s)")
     for f in sorted((src / "history").rglob("*.parquet")):
         prefix, lo, hi, *rest = f.stem.split("-")
+        if not history:  # below the watermark: no measured operation reads it
+            out = lake / f.relative_to(src)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            os.link(f, out)
+            continue
         for k in range(times):
             shifted = "-".join([prefix, f"{int(lo) + k * span:020d}", f"{int(hi) + k * span:020d}"])
             out = lake / f.parent.relative_to(src) / ("-".join([shifted, *rest]) + ".parquet")
@@ -208,6 +233,7 @@ def replicate(src_work: Path, work: Path, times: int, seed: int, delta_rows: int
         "replicated_from": str(src_work),
         "replicated_times": times,
         "replicate_seconds": round(time.perf_counter() - started, 1),
+        "history_replicated": history,
         "source_build": source,
     }
     add_poll_delta(work, seed, delta_rows, info)
@@ -392,13 +418,18 @@ def main(argv: list[str] | None = None) -> int:
         "--replicate", type=Path, help="build the lake as --times copies of the one in this --work"
     )
     p.add_argument("--times", type=int, default=10, help="copies for --replicate")
+    p.add_argument(
+        "--replicate-history", action="store_true", help="with --replicate: copy history too"
+    )
     a = p.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     info_path = a.work / "build.json"
     if not (a.reuse and info_path.exists()):
         log(f"building a lake of {a.n:,} messages in {a.work} ...")
         if a.replicate:
-            replicate(a.replicate, a.work, a.times, a.seed, a.delta_rows)
+            replicate(
+                a.replicate, a.work, a.times, a.seed, a.delta_rows, history=a.replicate_history
+            )
         elif a.one_process:
             cmd = [sys.executable, bench_lake.__file__, "_build", str(a.work), str(a.n),
                    str(a.chunk), str(a.seed), str(a.delta_rows)]  # fmt: skip
