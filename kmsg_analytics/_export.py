@@ -17,6 +17,7 @@ the masked numbers and the table carries ``to_hash``/``to_masked``/``from_hash``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -149,8 +150,7 @@ def export_records(
     fmt = _format(format, target, partitioned)
     if what not in ("current", "history"):
         _invalid("what", what, "'current' or 'history'")
-    store, owned = _open(lake, hash_key)
-    try:
+    with _opened(lake, hash_key) as store:
         frame, partition = _frame(store, what, numbers, fmt)
         if partitioned:
             rows, files = _write_partitioned(frame, partition, target, fmt, overwrite, progress)
@@ -158,9 +158,6 @@ def export_records(
             _check_target(target, overwrite)
             rows = _sink(frame.drop(partition), target, fmt)
             files = [str(target)]
-    finally:
-        if owned:
-            store.close()
     return ExportReport(rows, str(target), tuple(files), time.perf_counter() - started)
 
 
@@ -185,8 +182,7 @@ def _format(format: Format | None, target: Path, partitioned: bool) -> Format:
 def _frame(
     store: ParquetTrackingStore, what: What, numbers: Numbers, fmt: Format
 ) -> tuple[pl.LazyFrame, str]:
-    if numbers not in ("masked", "hashed", "plain"):
-        _invalid("numbers", numbers, "'masked', 'hashed' or 'plain'")
+    _check_numbers(numbers)
     if what == "current":
         frame, partition, columns = store.current(), CURRENT_PARTITION, list(RECORD_COLUMNS)
     else:
@@ -213,6 +209,18 @@ def _frame(
             pl.col("last_error").struct.field("message").alias("last_error_message"),
         ).drop("last_error")
     return out, partition
+
+
+def _check_numbers(numbers: Numbers) -> None:
+    if numbers not in ("masked", "hashed", "plain"):
+        _invalid("numbers", numbers, "'masked', 'hashed' or 'plain'")
+
+
+def _days(frame: pl.LazyFrame, partition: str) -> list[date]:
+    """The distinct values of the ``partition`` column, sorted."""
+    return sorted(
+        frame.select(pl.col(partition).unique()).collect().get_column(partition).to_list()
+    )
 
 
 def _sink(frame: pl.LazyFrame, target: Path, fmt: Format) -> int:
@@ -255,9 +263,7 @@ def _write_partitioned(
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     staging.mkdir(parents=True)
     try:
-        days: list[date] = sorted(
-            frame.select(pl.col(partition).unique()).collect().get_column(partition).to_list()
-        )
+        days = _days(frame, partition)
         rows = 0
         files: list[str] = []
         for i, day in enumerate(days):
@@ -397,15 +403,10 @@ def export_kmsg_table(
     path = _sqlite_path(url)
     if if_exists not in ("fail", "replace", "append"):
         _invalid("if_exists", if_exists, "'fail', 'replace' or 'append'")
-    if numbers not in ("masked", "hashed", "plain"):
-        _invalid("numbers", numbers, "'masked', 'hashed' or 'plain'")
-    store, owned = _open(lake, hash_key)
-    try:
+    _check_numbers(numbers)
+    with _opened(lake, hash_key) as store:
         frame, _ = _frame(store, "current", "plain" if numbers == "plain" else "hashed", "jsonl")
         rows = _write_kmsg(frame, path, table, numbers, if_exists, progress)
-    finally:
-        if owned:
-            store.close()
     return ExportReport(
         rows, f"sqlite:///{path}#{table}", (str(path),), time.perf_counter() - started
     )
@@ -531,13 +532,7 @@ def _write_kmsg(
 
 def _by_day(frame: pl.LazyFrame) -> Iterator[tuple[date, pl.DataFrame]]:
     """Current records one requested day at a time (bounded memory)."""
-    days = sorted(
-        frame.select(pl.col(CURRENT_PARTITION).unique())
-        .collect()
-        .get_column(CURRENT_PARTITION)
-        .to_list()
-    )
-    for day in days:
+    for day in _days(frame, CURRENT_PARTITION):
         yield day, frame.filter(pl.col(CURRENT_PARTITION) == day).collect()
 
 
@@ -546,6 +541,19 @@ def _quote(name: str) -> str:
 
 
 # --------------------------------------------------------------------------- lake
+
+
+@contextlib.contextmanager
+def _opened(
+    lake: LakeLike, hash_key: HashKey | bytes | str | None
+) -> Iterator[ParquetTrackingStore]:
+    """The lake's store: the one given (or a service's), or one opened here (closed after)."""
+    store, owned = _open(lake, hash_key)
+    try:
+        yield store
+    finally:
+        if owned:
+            store.close()
 
 
 def _open(

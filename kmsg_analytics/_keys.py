@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -27,9 +27,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._crypto import KEY_ENV, KeyProvider, KeyUnavailableError, NumberCipher, default_key_file
-from ._errors import InvalidRecordError, LakeCorruptError
-from ._lakefs import LakePaths, read_wal_lines, writer_lock
-from ._schema import CURRENT_PARTITION
+from ._errors import LakeCorruptError
+from ._lakefs import LakePaths, read_wal_lines
+from ._maintenance import (
+    folded_and_locked,
+    lake_files,
+    lake_paths,
+    lake_root,
+    opened_lake,
+    relative,
+)
 
 if TYPE_CHECKING:
     from ._lake import ParquetTrackingStore
@@ -44,8 +51,6 @@ _MEMO_LIMIT = 1_000_000
 _KID = r"^v\d+\.([^.]+)\."
 #: Counted in place of a key id for a value in a sealed column that is no envelope.
 NOT_AN_ENVELOPE: Final = "(not an envelope)"
-
-_LAKE = "lake"
 
 Progress = Callable[[str], None]
 
@@ -209,17 +214,6 @@ class RotationResult:
 # --------------------------------------------------------------------------- reading
 
 
-def _lake_files(paths: LakePaths) -> Iterator[tuple[str, Path]]:
-    """``(dataset, path)`` of every Parquet file of the lake's datasets."""
-    for f in paths.history_files():
-        yield "history", f.path
-    yield from (
-        ("current", p) for p in sorted(paths.current.glob(f"{CURRENT_PARTITION}=*/part-0.parquet"))
-    )
-    if paths.open_file().exists():
-        yield "open", paths.open_file()
-
-
 def _envelope_columns(pf: pq.ParquetFile) -> list[str]:
     return [c for c in ENVELOPE_COLUMNS if c in pf.schema_arrow.names]
 
@@ -256,17 +250,7 @@ def _file_kids(path: Path, rel: str) -> dict[str, int] | None:
 
 def path_root(path: Path) -> Path:
     """The lake directory above a lake file (the one holding ``_lake.json``)."""
-    for parent in path.parents:
-        if (parent / "_lake.json").exists():
-            return parent
-    return path.parent
-
-
-def _rel(paths: LakePaths, path: Path) -> str:
-    try:
-        return str(path.relative_to(paths.root))
-    except ValueError:  # pragma: no cover - every lake file is under the root
-        return str(path)
+    return lake_root(path) or path.parent
 
 
 def _wal_kids(paths: LakePaths) -> dict[str, int]:
@@ -298,8 +282,8 @@ def _usage(
     by_dataset: dict[str, dict[str, int]] = {}
     stale: list[tuple[str, Path]] = []
     files = 0
-    for dataset, path in _lake_files(paths):
-        counts = _file_kids(path, _rel(paths, path))
+    for dataset, path in lake_files(paths):
+        counts = _file_kids(path, relative(paths, path))
         if counts is None:
             continue
         files += 1
@@ -315,7 +299,7 @@ def _usage(
         by_dataset=MappingProxyType({d: _frozen(c) for d, c in by_dataset.items() if c}),
         pending=_frozen(_wal_kids(paths)),
         files=files,
-        stale_files=tuple(_rel(paths, p) for _d, p in stale),
+        stale_files=tuple(relative(paths, p) for _d, p in stale),
         active_kid=active,
         known_kids=tuple(provider.kids()) if provider is not None else (),
     )
@@ -331,19 +315,6 @@ def _existing_keys(keys: Any) -> KeyProvider | None:
     if os.environ.get(KEY_ENV) or default_key_file().exists():
         return resolve_key_provider(None)
     return None
-
-
-def _lake_paths(lake: ParquetTrackingStore | str | os.PathLike[str]) -> LakePaths:
-    from ._lake import ParquetTrackingStore
-
-    if isinstance(lake, ParquetTrackingStore):
-        return lake.paths
-    if isinstance(lake, str | os.PathLike):
-        paths = LakePaths(Path(lake))
-        if not paths.manifest.exists():
-            raise InvalidRecordError(_LAKE, str(lake), "a directory holding a lake (_lake.json)")
-        return paths
-    raise InvalidRecordError(_LAKE, lake, "a ParquetTrackingStore or the path of a lake")
 
 
 def key_usage(
@@ -380,7 +351,7 @@ def key_usage(
     >>> dict(key_usage(lake).envelopes)
     {'old': 1}
     """
-    paths = _lake_paths(lake)
+    paths = lake_paths(lake)
     provider = _existing_keys(keys)
     return _usage(paths, provider)[0]
 
@@ -459,7 +430,7 @@ def _rewrite(paths: LakePaths, path: Path, resealer: _Resealer) -> bool:
             finally:
                 writer.close()
         if pq.read_metadata(staged).num_rows != rows or rows != meta.num_rows:
-            msg = f"{_rel(paths, path)}: the re-sealed copy does not hold the same rows"
+            msg = f"{relative(paths, path)}: the re-sealed copy does not hold the same rows"
             raise LakeCorruptError(msg)
         fd = os.open(staged, os.O_RDONLY)
         try:
@@ -474,19 +445,6 @@ def _rewrite(paths: LakePaths, path: Path, resealer: _Resealer) -> bool:
         return False
     finally:
         staged.unlink(missing_ok=True)
-
-
-def _open_store(
-    lake: ParquetTrackingStore | str | os.PathLike[str],
-    hash_key: HashKey | bytes | str | None,
-    provider: KeyProvider,
-) -> tuple[ParquetTrackingStore, bool]:
-    from ._lake import ParquetTrackingStore
-
-    if isinstance(lake, ParquetTrackingStore):
-        return lake, False
-    paths = _lake_paths(lake)
-    return ParquetTrackingStore(paths.root, hash_key=hash_key, keys=provider), True
 
 
 def rotate_keys(
@@ -563,19 +521,9 @@ def rotate_keys(
             f"pass keys=; the key file {default_key_file()} does not exist"
         )
         raise KeyUnavailableError(msg)
-    _check_keys(_usage(_lake_paths(lake), provider)[0], provider)  # before folding anything
-    store, owned = _open_store(lake, hash_key, provider)
-    try:
-        store.compact(history=False)  # publishes dead writers' logs, folds pending rows
-        with store._mutex, writer_lock(store.paths):
-            try:
-                return _rotate_locked(store, provider, progress, started)
-            finally:
-                store._cache_w = -1
-                store._winners = None
-    finally:
-        if owned:
-            store.close()
+    _check_keys(_usage(lake_paths(lake), provider)[0], provider)  # before folding anything
+    with opened_lake(lake, hash_key, keys=provider) as store, folded_and_locked(store):
+        return _rotate_locked(store, provider, progress, started)
 
 
 def _check_keys(usage: KeyUsage, provider: KeyProvider) -> None:
@@ -604,15 +552,12 @@ def _rotate_locked(
     started: float,
 ) -> RotationResult:
     paths = store.paths
-    state = store._recover()
-    if int(state["seq"]) > int(state["watermark"]):  # published since our fold
-        store._fold_locked(state, None)
     before, stale = _usage(paths, provider)
     _check_keys(before, provider)
     resealer = _Resealer(provider)
     done: list[str] = []
     for i, (_dataset, path) in enumerate(stale):
-        rel = _rel(paths, path)
+        rel = relative(paths, path)
         if progress is not None:
             progress(f"re-sealing {rel} ({i + 1}/{len(stale)})")
         if _rewrite(paths, path, resealer):

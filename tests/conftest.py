@@ -6,6 +6,7 @@ whenever a test calls ``checkpoint()``, so the same test also runs against
 merge-on-read over a compacted current state; ``checkpoint()`` does nothing for the
 others. The ``s3`` variants are object lakes in moto's S3 server on 127.0.0.1 (one
 server per test session, each lake under its own prefix), reached over HTTP.
+``local_store`` is only the first two: for tests that need no object lake.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 
 from kmsg_analytics import DeliveryTrackingService, InMemoryTrackingStore, ParquetTrackingStore
 from kmsg_analytics._objectlake import ObjectLakeStore
+from tests._helpers import Gateway
 from tests._model import TEST_KEY
 from tests._s3server import shared_server, stop_shared_server
 
@@ -70,13 +72,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     stop_shared_server()
 
 
-class Gateway:
-    """A provider that can only be named (recording and queries never call it)."""
-
-    def __init__(self, provider_id: str) -> None:
-        self.id = provider_id
-
-
 class FixedClock:
     """A clock that stands still until a test moves it."""
 
@@ -99,6 +94,19 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def store(store_kind: str, tmp_path: Path) -> Iterator[AnyStore]:
     s = make_store(store_kind, tmp_path / "lake")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture(params=["memory", "parquet"])
+def local_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[InMemoryTrackingStore | ParquetTrackingStore]:
+    """An in-memory store, then a lake in ``tmp_path`` (for tests that need no object lake)."""
+    s = make_store(str(request.param), tmp_path / "lake")
+    assert isinstance(s, InMemoryTrackingStore | ParquetTrackingStore)
     try:
         yield s
     finally:

@@ -35,44 +35,31 @@ from kmsg_analytics import (
 )
 from kmsg_analytics._cli_admin import add_admin_parsers
 from kmsg_analytics._doctor import DoctorReport, check_lake, lake_read_error
+from tests._helpers import Gateway, send_pair
 
 KEY = "test-key-123"
 KEYS = {"k1": bytes(range(32))}
 BASE = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
-
-
-class Gateway:
-    id = "solapi"
+SENDER = "02-123-4567"
 
 
 def open_lake(path: Path, **options: Any) -> ParquetTrackingStore:
     return ParquetTrackingStore(path, hash_key=KEY, keys=KEYS, **options)
 
 
-def send_pair(mid: str, requested: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
-    context = {
-        "messageId": mid,
-        "timestamp": requested.isoformat(),
-        "options": {"type": "SMS", "to": "010-1234-5678", "from": "02-123-4567"},
-    }
-    result = {
-        "messageId": mid,
-        "providerId": "solapi",
-        "providerMessageId": f"G-{mid}",
-        "type": "SMS",
-        "to": "010-1234-5678",
-    }
-    return context, result
-
-
 def build(lake: Path) -> None:
     """Three requested days, two history files, polls, everything folded."""
     with open_lake(lake, flush_rows=10_000, flush_seconds=3600) as store:
         svc = DeliveryTrackingService([Gateway()], store=store)
-        svc.record_sends([send_pair(f"m{i:02d}", BASE + timedelta(hours=9 * i)) for i in range(9)])
+        svc.record_sends(
+            [send_pair(f"m{i:02d}", BASE + timedelta(hours=9 * i), sender=SENDER) for i in range(9)]
+        )
         store.compact()
         svc.record_sends(
-            [send_pair(f"n{i:02d}", BASE + timedelta(hours=9 * i + 1)) for i in range(6)]
+            [
+                send_pair(f"n{i:02d}", BASE + timedelta(hours=9 * i + 1), sender=SENDER)
+                for i in range(6)
+            ]
         )
         polled = [r for r in (store.get(f"m{i:02d}") for i in range(0, 9, 2)) if r is not None]
         store.append_snapshots(
@@ -117,6 +104,16 @@ def quarantined(lake: Path, original: Path) -> Path:
     return found
 
 
+def check_then_repair(lake: Path, problems: set[str], says: str) -> DoctorReport:
+    """The check finds ``problems`` and ``says`` so; the repair leaves a healthy lake."""
+    report = check_lake(lake, hash_key=KEY)
+    assert problems <= kinds(report)
+    assert says in str(report)
+    fixed = check_lake(lake, hash_key=KEY, repair=True)
+    assert fixed.ok, str(fixed)
+    return fixed
+
+
 def answers(lake: Path) -> tuple[int, list[tuple[str, str]]]:
     with open_lake(lake) as store:
         frame = store.current().select("message_id", "status").collect().sort("message_id")
@@ -139,7 +136,7 @@ def test_a_healthy_lake_in_every_state(tmp_path: Path, pristine: Path) -> None:
     lake = tmp_path / "lake"
     with open_lake(lake, flush_rows=10_000, flush_seconds=3600) as store:
         svc = DeliveryTrackingService([Gateway()], store=store)
-        svc.record_sends([send_pair(f"x{i}", BASE) for i in range(4)])
+        svc.record_sends([send_pair(f"x{i}", BASE, sender=SENDER) for i in range(4)])
     report = check_lake(lake, hash_key=KEY)
     assert report.ok, str(report)
     assert kinds(report, "warning") == set()
@@ -153,12 +150,7 @@ def test_truncated_history_file(lake: Path) -> None:
     victim = history_files(lake)[0]
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])
-    report = check_lake(lake, hash_key=KEY)
-    assert not report.ok
-    assert "unreadable" in kinds(report)
-    assert victim.name in str(report)
-    fixed = check_lake(lake, hash_key=KEY, repair=True)
-    assert fixed.ok, str(fixed)
+    fixed = check_then_repair(lake, {"unreadable"}, victim.name)
     assert quarantined(lake, victim).read_bytes() == data[: len(data) // 2]
     assert not victim.exists()
     lo, hi = (int(x) for x in re.findall(r"\d{20}", victim.name))
@@ -199,11 +191,7 @@ def test_file_with_other_columns(lake: Path) -> None:
     idx = table.schema.get_field_index("attempt_count")
     table = table.set_column(idx, "attempt_count", table["attempt_count"].cast(pa.int64()))
     pq.write_table(table, victim)
-    report = check_lake(lake, hash_key=KEY)
-    assert "schema" in kinds(report)
-    assert "attempt_count is int64, expected int32" in str(report)
-    fixed = check_lake(lake, hash_key=KEY, repair=True)
-    assert fixed.ok, str(fixed)
+    check_then_repair(lake, {"schema"}, "attempt_count is int64, expected int32")
     assert pq.read_table(quarantined(lake, victim)).equals(table)
 
 
@@ -214,11 +202,7 @@ def test_a_batch_published_twice(lake: Path) -> None:
     lo, hi = re.findall(r"\d{20}", source.name)
     twin = other / f"b-{lo}-{hi}-{'f' * 32}.parquet"
     shutil.copy(source, twin)
-    report = check_lake(lake, hash_key=KEY)
-    assert "seq-duplicate" in kinds(report)
-    assert "count twice" in str(report)
-    fixed = check_lake(lake, hash_key=KEY, repair=True)
-    assert fixed.ok, str(fixed)
+    check_then_repair(lake, {"seq-duplicate"}, "count twice")
     with open_lake(lake) as store:
         seqs = store.history().select("seq").collect()["seq"]
     assert seqs.n_unique() == seqs.len()
@@ -230,11 +214,7 @@ def test_a_row_in_the_wrong_partition(lake: Path) -> None:
     first, second = current_files(lake)[:2]
     moved = pq.read_table(first).slice(0, 1)
     pq.write_table(pa.concat_tables([pq.read_table(second), moved]), second)
-    report = check_lake(lake, hash_key=KEY)
-    assert {"partition", "duplicate-message"} <= kinds(report)
-    assert "requested on other days" in str(report)
-    fixed = check_lake(lake, hash_key=KEY, repair=True)
-    assert fixed.ok, str(fixed)
+    check_then_repair(lake, {"partition", "duplicate-message"}, "requested on other days")
     assert answers(lake) == before
     assert check_lake(lake, hash_key=KEY).ok
 

@@ -11,12 +11,9 @@ from __future__ import annotations
 import random
 import shutil
 import signal
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import polars as pl
@@ -24,86 +21,24 @@ import pyarrow.parquet as pq
 import pytest
 
 from kmsg_analytics import DeliveryTrackingService, ParquetTrackingStore, RecordFilter
+from tests._helpers import (
+    Gateway,
+    Stop,
+    after_acks,
+    complete_lines,
+    mid_fold,
+    mid_merge,
+    quiet_lake,
+    run_writer_until,
+    send_pair,
+    start_writer,
+)
 
 KEY = "test-key-123"
-WRITER = Path(__file__).with_name("_crash_writer.py")
 BASE = datetime(2026, 11, 1, tzinfo=UTC)
 
 
-class Gateway:
-    id = "solapi"
-
-
-def send_pair(message_id: str, requested: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
-    context = {
-        "messageId": message_id,
-        "timestamp": requested.isoformat(),
-        "options": {"type": "SMS", "to": "010-1234-5678"},
-    }
-    result = {
-        "messageId": message_id,
-        "providerId": "solapi",
-        "providerMessageId": f"G-{message_id}",
-        "type": "SMS",
-        "to": "010-1234-5678",
-    }
-    return context, result
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def start_writer(lake: Path, log: Path, *args: str) -> subprocess.Popen[str]:
-    err = log.open("a")
-    try:
-        return subprocess.Popen(
-            [sys.executable, str(WRITER), str(lake), *args],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-        )
-    finally:
-        err.close()
-
-
-def complete_lines(text: str) -> list[str]:
-    """The whole lines of a stream's remainder (a torn last line was never acknowledged)."""
-    return text.split("\n")[:-1]
-
-
-Stop = Callable[[str, int], bool]
-
-
-def run_until_killed(
-    lake: Path, log: Path, seed: int, stop: Stop, limit: int = 30_000
-) -> list[str]:
-    """Run the writer until ``stop(line, n_acked)``, SIGKILL it, return every acknowledged id."""
-    proc = start_writer(lake, log, "--seed", str(seed), "--prefix", f"s{seed}")
-    assert proc.stdout is not None
-    acked: list[str] = []
-    stopped = False
-    try:
-        for line in proc.stdout:
-            if not line.endswith("\n"):
-                break
-            line = line[:-1]
-            if not line.startswith("#"):
-                acked.append(line)
-            if stop(line, len(acked)):
-                stopped = True
-                break
-            if len(acked) > limit:
-                break
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        rest, _ = proc.communicate()
-    assert stopped, (
-        f"the writer never reached the kill point; see {log}:\n{log.read_text()[-2000:]}"
-    )
-    assert proc.returncode == -signal.SIGKILL
-    # lines printed between our last read and the kill were acknowledged too
-    acked.extend(line for line in complete_lines(rest) if not line.startswith("#"))
-    return acked
 
 
 def assert_no_visible_debris(lake: Path) -> None:
@@ -176,20 +111,7 @@ def check_recovered_lake(lake: Path, acked: list[str]) -> None:
 
 
 def stop_after_ids(seed: int) -> Stop:
-    target = random.Random(seed).randint(300, 1200)
-    return lambda line, n: n >= target
-
-
-def stop_mid_fold(line: str, n: int) -> bool:
-    """Kill while a compaction has replaced about half of the current partitions."""
-    if n < 200 or not line.startswith("#folding"):
-        return False
-    done, _, total = line.rpartition("(")[2].rstrip(")").partition("/")
-    return int(total) >= 4 and int(done) == int(total) // 2 + 1
-
-
-def stop_mid_merge(line: str, n: int) -> bool:
-    return n >= 200 and line.startswith("#merging history")
+    return after_acks(random.Random(seed).randint(300, 1200))
 
 
 @pytest.mark.slow
@@ -199,8 +121,8 @@ def stop_mid_merge(line: str, n: int) -> bool:
 )
 def test_killed_writer_loses_no_acknowledged_send(tmp_path: Path, seed: int, when: str) -> None:
     lake = tmp_path / "lake"
-    stop = {"ids": stop_after_ids(seed), "fold": stop_mid_fold, "merge": stop_mid_merge}[when]
-    acked = run_until_killed(lake, tmp_path / "writer.log", seed, stop)
+    stop = {"ids": stop_after_ids(seed), "fold": mid_fold(200, 4), "merge": mid_merge(200)}[when]
+    acked = run_writer_until(lake, tmp_path / "writer.log", seed, stop)
     check_recovered_lake(lake, acked)
 
 
@@ -209,8 +131,8 @@ def test_a_second_crash_after_recovery_loses_nothing(tmp_path: Path) -> None:
     """Kill, let a new writer recover and write more, kill again: both runs' sends survive."""
     lake = tmp_path / "lake"
     log = tmp_path / "writer.log"
-    first = run_until_killed(lake, log, 11, stop_after_ids(11))
-    second = run_until_killed(lake, log, 12, stop_after_ids(12))
+    first = run_writer_until(lake, log, 11, stop_after_ids(11))
+    second = run_writer_until(lake, log, 12, stop_after_ids(12))
     check_recovered_lake(lake, first + second)
 
 
@@ -276,9 +198,7 @@ def test_dead_writers_log_is_replayed_exactly_once(tmp_path: Path) -> None:
 @pytest.fixture
 def quiet_store(tmp_path: Path) -> Iterator[ParquetTrackingStore]:
     """A store that publishes only when told to (no timer, no size trigger)."""
-    store = ParquetTrackingStore(
-        tmp_path / "lake", hash_key=KEY, flush_rows=1_000_000, flush_seconds=3600
-    )
+    store = quiet_lake(tmp_path / "lake")
     yield store
     store.close()
 

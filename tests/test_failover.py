@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -46,17 +45,10 @@ T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 WORKER = Path(__file__).with_name("_runner_worker.py")
 
 
-@pytest.fixture(params=["memory", "parquet"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s: Store
-    if request.param == "memory":
-        s = InMemoryTrackingStore(hash_key=HASH_KEY)
-    else:
-        s = ParquetTrackingStore(tmp_path / "lake", hash_key=HASH_KEY)
-    try:
-        yield s
-    finally:
-        s.close()
+@pytest.fixture
+def store(local_store: Store) -> Store:
+    """Each test runs on the in-memory store and on a lake (``local_store``, conftest)."""
+    return local_store
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,18 @@ import pytest
 from kmsg_analytics import DeliveryTrackingService, ParquetTrackingStore, RecordFilter
 from kmsg_analytics._doctor import check_lake
 from kmsg_analytics._retention import apply_retention
+from tests._helpers import (
+    Gateway,
+    after_acks,
+    mid_fold,
+    mid_merge,
+    quiet_lake,
+    run_writer_until,
+    send_pair,
+)
 
 KEY = "test-key-123"
 KEYS = {"k1": bytes(range(32))}
-WRITER = Path(__file__).with_name("_crash_writer.py")
 BASE = datetime(2026, 11, 1, tzinfo=UTC)
 
 READER = """
@@ -69,26 +77,6 @@ while not stop.exists():
             errors.append(f"as_of: {type(err).__name__}: {err}")
 print(json.dumps({"queries": n_queries, "last": last, "errors": errors[:20], "races": races}))
 """
-
-
-class Gateway:
-    id = "solapi"
-
-
-def send_pair(mid: str, requested: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
-    context = {
-        "messageId": mid,
-        "timestamp": requested.isoformat(),
-        "options": {"type": "SMS", "to": "010-1234-5678"},
-    }
-    result = {
-        "messageId": mid,
-        "providerId": "solapi",
-        "providerMessageId": f"G-{mid}",
-        "type": "SMS",
-        "to": "010-1234-5678",
-    }
-    return context, result
 
 
 def check_lake_holds(lake: Path, acked: list[str], **options: Any) -> int:
@@ -130,57 +118,6 @@ class Reader:
         return result
 
 
-Stop = Callable[[str, int], bool]
-
-
-def run_writer_until(lake: Path, log: Path, seed: int, stop: Stop, *extra: str) -> list[str]:
-    """Run the crash writer until ``stop(line, n_acked)``; SIGKILL it; the ids it acknowledged."""
-    with log.open("a") as err:
-        proc = subprocess.Popen(
-            [sys.executable, str(WRITER), str(lake), "--seed", str(seed),
-             "--prefix", f"s{seed}", *extra],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-        )  # fmt: skip
-    assert proc.stdout is not None
-    acked: list[str] = []
-    stopped = False
-    try:
-        for line in proc.stdout:
-            if not line.endswith("\n"):
-                break
-            line = line[:-1]
-            if not line.startswith("#"):
-                acked.append(line)
-            if stop(line, len(acked)):
-                stopped = True
-                break
-            if len(acked) > 20_000:
-                break
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        rest, _ = proc.communicate()
-    assert stopped, f"the writer never reached its kill point:\n{log.read_text()[-2000:]}"
-    acked.extend(x for x in rest.split("\n")[:-1] if not x.startswith("#"))
-    return acked
-
-
-def after_acks(n: int) -> Stop:
-    return lambda line, acked: acked >= n
-
-
-def mid_fold(line: str, acked: int) -> bool:
-    if acked < 60 or not line.startswith("#folding"):
-        return False
-    done, _, total = line.rpartition("(")[2].rstrip(")").partition("/")
-    return int(total) >= 3 and int(done) == int(total) // 2 + 1
-
-
-def mid_merge(line: str, acked: int) -> bool:
-    return acked >= 60 and line.startswith("#merging history")
-
-
 def prepare(lake: Path) -> None:
     """Create the lake up front, so the reader can open it before the first writer."""
     ParquetTrackingStore(lake, hash_key=KEY).close()
@@ -193,7 +130,7 @@ def test_writers_killed_in_a_fold_and_at_random_while_a_reader_runs(tmp_path: Pa
     reader = Reader(lake, tmp_path, as_of=True)
     try:
         common = ["--p-compact", "0.04", "--compact-rows", "60", "--days", "6"]
-        acked = run_writer_until(lake, log, 41, mid_fold, *common)
+        acked = run_writer_until(lake, log, 41, mid_fold(60, 3), *common)
         acked += run_writer_until(lake, log, 42, after_acks(random.Random(42).randint(40, 160)),
                                   *common)  # fmt: skip
     finally:
@@ -219,7 +156,7 @@ def test_writers_killed_at_many_points_while_readers_run(tmp_path: Path, seed: i
     acked: list[str] = []
     try:
         for k in range(3):
-            stop = rng.choice([mid_fold, mid_merge, after_acks(rng.randint(30, 400))])
+            stop = rng.choice([mid_fold(60, 3), mid_merge(60), after_acks(rng.randint(30, 400))])
             common = ["--p-compact", "0.03", "--compact-rows", str(rng.choice([40, 150]))]
             acked += run_writer_until(lake, log, seed * 10 + k, stop, *common)
     finally:
@@ -266,9 +203,7 @@ def disk_full_after(
 
 @pytest.fixture
 def quiet(tmp_path: Path) -> Iterator[ParquetTrackingStore]:
-    store = ParquetTrackingStore(
-        tmp_path / "lake", hash_key=KEY, keys=KEYS, flush_rows=1_000_000, flush_seconds=3600
-    )
+    store = quiet_lake(tmp_path / "lake", keys=KEYS)
     yield store
     store.close()
 
@@ -278,6 +213,17 @@ def sends(svc: DeliveryTrackingService, prefix: str, n: int, days: int = 5) -> l
     for i, mid in enumerate(ids):
         svc.record_send(*send_pair(mid, BASE + timedelta(days=i % days, minutes=i)))
     return ids
+
+
+def three_history_files(store: ParquetTrackingStore) -> list[str]:
+    """24 sends published as three history files to merge, folded; their ids."""
+    svc = DeliveryTrackingService([Gateway()], store=store)
+    acked: list[str] = []
+    for batch in range(3):
+        acked += sends(svc, f"h{batch}-", 8)
+        store.flush()
+    store.compact(history=False)
+    return acked
 
 
 def test_enospc_while_publishing_keeps_acknowledged_sends(
@@ -373,12 +319,7 @@ def test_enospc_while_merging_history(
     quiet: ParquetTrackingStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lake = tmp_path / "lake"
-    svc = DeliveryTrackingService([Gateway()], store=quiet)
-    acked: list[str] = []
-    for batch in range(3):  # three history files to merge
-        acked += sends(svc, f"h{batch}-", 8)
-        quiet.flush()
-    quiet.compact(history=False)
+    acked = three_history_files(quiet)
     disk_full_after(monkeypatch, quiet, 0)
     with pytest.raises(OSError, match="No space left"):
         quiet.compact()
@@ -486,12 +427,7 @@ def test_killed_between_the_renames_of_a_directory_fallback_loses_no_partition(
     from kmsg_analytics import _lakefs
 
     lake = tmp_path / "lake"
-    svc = DeliveryTrackingService([Gateway()], store=quiet)
-    acked: list[str] = []
-    for batch in range(3):  # three history files to merge
-        acked += sends(svc, f"h{batch}-", 8)
-        quiet.flush()
-    quiet.compact(history=False)
+    acked = three_history_files(quiet)
     real_rename = os.rename
 
     def dying_rename(src: Any, dst: Any) -> None:

@@ -29,6 +29,7 @@ from kmsg_analytics._crypto import KeyUnavailableError, NumberCipher, StaticKeyP
 from kmsg_analytics._doctor import check_lake
 from kmsg_analytics._keys import key_usage, rotate_keys
 from kmsg_analytics.cli import main
+from tests._helpers import Gateway
 
 KEY = "test-key-123"
 OLD = bytes(range(32))
@@ -36,10 +37,6 @@ NEW = bytes(range(100, 132))
 BOTH = {"new": NEW, "old": OLD}
 ENC = ("to_enc", "from_enc")
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
-
-
-class Gateway:
-    id = "solapi"
 
 
 def _pair(i: int, day: int) -> tuple[dict[str, Any], dict[str, Any]]:

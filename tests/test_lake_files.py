@@ -34,36 +34,22 @@ from kmsg_analytics import (
     RecordFilter,
 )
 from kmsg_analytics._schema import FORMAT_VERSION, POLARS_SCHEMA, RECORD_COLUMNS
+from tests import _helpers
+from tests._helpers import Gateway
 
 KEY = "test-key-123"
 BASE = datetime(2026, 11, 1, 1, 0, tzinfo=UTC)
 DAYS = [(BASE + timedelta(days=d)).date() for d in range(4)]
-NUMBER = "010-1234-5678"
+NUMBER = _helpers.NUMBER
 SCHEMA_COLUMNS = [(f.name, f.type) for f in SNAPSHOT_SCHEMA]
 TOP_LEVEL = {"history", "current", "open", "_staging", "_wal", "_lake.json", "_state.json", "_lock"}
-
-
-class Gateway:
-    id = "solapi"
 
 
 def send_pair(
     message_id: str, requested: datetime, *, kind: str = "SMS", pmid: str = "G"
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A k-msg-shaped (context, result) pair of one send."""
-    context = {
-        "messageId": message_id,
-        "timestamp": requested.isoformat(),
-        "options": {"type": kind, "to": NUMBER, "from": "02-123-4567"},
-    }
-    result = {
-        "messageId": message_id,
-        "providerId": "solapi",
-        "providerMessageId": pmid,
-        "type": kind,
-        "to": NUMBER,
-    }
-    return context, result
+    """A k-msg-shaped (context, result) pair of one send (all with provider message id "G")."""
+    return _helpers.send_pair(message_id, requested, kind=kind, pmid=pmid, sender="02-123-4567")
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import asyncio
 import statistics
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -34,17 +33,10 @@ T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 SOLAPI_ALIMTALK_CODES = {"3104", "3107", "3103", "3105", "3106", "3108"}
 
 
-@pytest.fixture(params=["memory", "parquet"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s: Store
-    if request.param == "memory":
-        s = InMemoryTrackingStore(hash_key=HASH_KEY)
-    else:
-        s = ParquetTrackingStore(tmp_path / "lake", hash_key=HASH_KEY)
-    try:
-        yield s
-    finally:
-        s.close()
+@pytest.fixture
+def store(local_store: Store) -> Store:
+    """Each test runs on the in-memory store and on a lake (``local_store``, conftest)."""
+    return local_store
 
 
 def ask(
