@@ -645,26 +645,22 @@ class PollingMixin:
             mark = now_
 
         now = coerce_time(self.clock(), "clock()")
-        due: list[TrackingRecord] = await _call(offload, store.list_due, now, cfg.batch_size)
+        # our stores make each due record when the round first reads it, between waits
+        list_due = getattr(store, "due_records", store.list_due)
+        due: Sequence[TrackingRecord] = await _call(offload, list_due, now, cfg.batch_size)
         phase("list_due")
         checker = _Checker(cfg, self.providers, now, lambda: self._thread_pool(cfg.concurrency))
         checker.reveal = getattr(store, "reveal_numbers", None)
         outcomes: list[_Outcome | None] = [None] * len(due)
-        asks: list[tuple[int, TrackingRecord, _Capability]] = []
-        for i, record in enumerate(due):
+
+        async def check(i: int) -> None:
+            record = due[i]
             if record.status in _TERMINAL:  # never replace a terminal status
-                continue
+                return
             step = checker.pre(record)
-            if isinstance(step, _Outcome):
-                outcomes[i] = step
-            else:
-                asks.append((i, record, step))
+            outcomes[i] = step if isinstance(step, _Outcome) else await checker.ask(record, step)
 
-        async def ask(item: tuple[int, TrackingRecord, _Capability]) -> None:
-            i, record, capability = item
-            outcomes[i] = await checker.ask(record, capability)
-
-        await _limited(asks, ask, cfg.concurrency)
+        await _limited(range(len(due)), check, cfg.concurrency)
         phase("checks")
         done = [o for o in outcomes if o is not None]
         marked: set[str] = set()

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from datetime import UTC, date, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, overload
 
 import orjson
 import polars as pl
@@ -297,6 +297,41 @@ def frame_to_records(frame: pl.DataFrame) -> list[TrackingRecord]:
     columns["raw"] = [None if v is None else _json_text(v) for v in columns["raw"]]
     columns["metadata"] = [_json_text(v) for v in columns["metadata"]]
     return [TrackingRecord(*values) for values in zip(*columns.values(), strict=True)]
+
+
+class LazyRecords(Sequence[TrackingRecord]):
+    """The rows of a frame as records, each block converted when first read.
+
+    A polling round reads its due list in order while it waits on gateways: the
+    conversion of later records overlaps the waits instead of preceding them.
+    """
+
+    _BLOCK: Final = 256
+
+    def __init__(self, frame: pl.DataFrame) -> None:
+        self._frame = frame
+        self._blocks: dict[int, list[TrackingRecord]] = {}
+
+    def __len__(self) -> int:
+        return self._frame.height
+
+    @overload
+    def __getitem__(self, index: int) -> TrackingRecord: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[TrackingRecord]: ...
+    def __getitem__(self, index: int | slice) -> TrackingRecord | list[TrackingRecord]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        block, offset = divmod(index, self._BLOCK)
+        records = self._blocks.get(block)
+        if records is None:
+            part = self._frame.slice(block * self._BLOCK, self._BLOCK)
+            records = self._blocks[block] = frame_to_records(part)
+        return records[offset]
 
 
 def rows_to_table(rows: Sequence[Mapping[str, Any]] | Iterable[Mapping[str, Any]]) -> pa.Table:

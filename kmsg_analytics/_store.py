@@ -26,6 +26,7 @@ from ._schema import (
     CURRENT_PARTITION,
     FULL_RECORD_COLUMNS,
     POLARS_SCHEMA,
+    LazyRecords,
     SnapshotKind,
     frame_to_records,
     record_to_row,
@@ -191,19 +192,31 @@ class BaseStore:
 
     def list_due(self, now: datetime, limit: int) -> list[TrackingRecord]:
         """Non-terminal records whose next check is due, earliest first (ties by id)."""
+        return frame_to_records(self.due_frame(now, limit))
+
+    def due_records(self, now: datetime, limit: int) -> Sequence[TrackingRecord]:
+        """:meth:`list_due` for a polling round: each record made when first read.
+
+        A round reads its due list in order while it waits on gateways, so making the
+        records then overlaps the waits. A store whose ``list_due`` is its own (a
+        subclass overriding it) is answered by that ``list_due``.
+        """
+        if type(self).list_due not in (BaseStore.list_due, RetriedReads.list_due):
+            return self.list_due(now, limit)
+        return LazyRecords(self.due_frame(now, limit))
+
+    def due_frame(self, now: datetime, limit: int) -> pl.DataFrame:
+        """:meth:`list_due` as a frame of the record columns."""
         limit = q.whole("limit", limit)
-        if limit <= 0:
-            return []
         now = coerce_time(now, "now")
-        frame = (
+        return (
             self._open()
             .filter(pl.col("status").is_in(POLLABLE_STATUSES) & (pl.col("next_check_at") <= now))
             .select(FULL_RECORD_COLUMNS)
             .sort(["next_check_at", "message_id"])
-            .head(limit)
+            .head(max(limit, 0))
             .collect()
         )
-        return frame_to_records(frame)
 
     def _open(self) -> pl.LazyFrame:
         return self.current()
@@ -299,6 +312,10 @@ class RetriedReads(BaseStore):
     def list_due(self, now: datetime, limit: int) -> list[TrackingRecord]:
         """Non-terminal records whose next check is due, earliest first (ties by id)."""
         return self._retrying(lambda: BaseStore.list_due(self, now, limit))
+
+    def due_frame(self, now: datetime, limit: int) -> pl.DataFrame:
+        """:meth:`list_due` as a frame of the record columns."""
+        return self._retrying(lambda: BaseStore.due_frame(self, now, limit))
 
 
 class InMemoryTrackingStore(BaseStore):

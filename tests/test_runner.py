@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -51,17 +50,10 @@ WAIT = 10.0  # seconds an Event may take before a test fails (never reached when
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(params=["memory", "parquet"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s: Store
-    if request.param == "memory":
-        s = InMemoryTrackingStore(hash_key=HASH_KEY)
-    else:
-        s = ParquetTrackingStore(tmp_path / "lake", hash_key=HASH_KEY)
-    try:
-        yield s
-    finally:
-        s.close()
+@pytest.fixture
+def store(local_store: Store) -> Store:
+    """Each test runs on the in-memory store and on a lake (``local_store``, conftest)."""
+    return local_store
 
 
 @pytest.fixture
@@ -152,6 +144,14 @@ def rec(svc: DeliveryTrackingService, mid: str = "m1") -> TrackingRecord:
     found = svc.get_record(mid)
     assert found is not None
     return found
+
+
+def first_check(svc: DeliveryTrackingService, clock: SimulatedClock) -> TrackingRecord:
+    """Record a send of ``m1`` and run its first check (60 s later); the record after it."""
+    send(svc)
+    clock.advance(60)
+    svc.run_once()
+    return rec(svc)
 
 
 def wait_for(event: threading.Event, what: str) -> None:
@@ -329,10 +329,7 @@ def test_rule6_non_retryable_error_finalises_as_unknown(
         "AUTHENTICATION_FAILED", "등록하지 않은 IP에서는 발송되지 않습니다.", retryable=False
     )
     with service(store, clock, Scripted(default=err)) as svc:
-        send(svc)
-        clock.advance(60)
-        svc.run_once()
-        r = rec(svc)
+        r = first_check(svc, clock)
         assert r.status == "UNKNOWN"
         assert r.next_check_at == clock()
         assert r.last_error is not None
@@ -346,10 +343,7 @@ def test_rule6_any_other_exception_is_retryable_with_its_message(
     with service(
         store, clock, AsyncScripted(default=ConnectionResetError("peer reset the connection"))
     ) as svc:
-        send(svc)
-        clock.advance(60)
-        svc.run_once()
-        r = rec(svc)
+        r = first_check(svc, clock)
         assert r.status == "SENT"
         assert r.last_error is not None
         assert r.last_error.code == "UNKNOWN_ERROR"
@@ -383,10 +377,7 @@ def test_rule7_nothing_yet_keeps_status_and_clears_the_error(
 ) -> None:
     provider = Scripted(default=ProviderError("PROVIDER_ERROR", "HTTP 500"))
     with service(store, clock, provider) as svc:
-        send(svc)
-        clock.advance(60)
-        svc.run_once()
-        assert rec(svc).last_error is not None
+        assert first_check(svc, clock).last_error is not None
         provider.default = None
         clock.advance(30)
         report = svc.run_once()
@@ -408,10 +399,7 @@ def test_rule8_answer_is_taken_with_code_message_and_times(
         default=result("SENT", status_code="3000", status_message="이통사 접수", sent_at=sent_at)
     )
     with service(store, clock, provider) as svc:
-        send(svc)
-        clock.advance(60)
-        svc.run_once()
-        r = rec(svc)
+        r = first_check(svc, clock)
         assert (r.status, r.provider_status_code, r.provider_status_message) == (
             "SENT",
             "3000",
@@ -466,10 +454,7 @@ def test_rule8_mapping_answers_in_kmsg_shape_are_accepted(
         "failedAt": 1793610000000,
     }
     with service(store, clock, Scripted(default=answer)) as svc:
-        send(svc)
-        clock.advance(60)
-        svc.run_once()
-        r = rec(svc)
+        r = first_check(svc, clock)
         assert (r.status, r.provider_status_code, r.provider_status_message) == (
             "FAILED",
             "3043",
@@ -480,10 +465,7 @@ def test_rule8_mapping_answers_in_kmsg_shape_are_accepted(
 
 def test_an_invalid_answer_is_a_retryable_error(store: Store, clock: SimulatedClock) -> None:
     with service(store, clock, Scripted(default={"status": "DONE"})) as svc:
-        send(svc)
-        clock.advance(60)
-        svc.run_once()
-        r = rec(svc)
+        r = first_check(svc, clock)
         assert r.status == "SENT"
         assert r.last_error is not None
         assert r.last_error.code == "INVALID_STATUS_RESULT"
@@ -535,10 +517,7 @@ def test_terminal_never_regresses_even_when_the_provider_later_answers_sent(
 ) -> None:
     provider = Scripted(default=result("DELIVERED", status_code="4000"))
     with service(store, clock, provider) as svc:
-        send(svc)
-        clock.advance(60)
-        svc.run_once()
-        assert rec(svc).status == "DELIVERED"
+        assert first_check(svc, clock).status == "DELIVERED"
         provider.default = result("SENT", status_code="3000")
         for _ in range(3):
             clock.advance(86_400)
@@ -738,15 +717,9 @@ def test_raw_payloads_are_stored_only_when_asked(store: Store, clock: SimulatedC
     raw = {"messageId": "P-m1", "statusCode": "4000", "to": "01012345678"}
     provider = Scripted(default=result("DELIVERED", raw=raw))
     with service(store, clock, provider) as svc:
-        send(svc)
-        clock.advance(60)
-        svc.run_once()
-        assert rec(svc).raw is None
+        assert first_check(svc, clock).raw is None
     with service(InMemoryTrackingStore(hash_key=HASH_KEY), clock, provider, store_raw=True) as svc:
-        send(svc)
-        clock.advance(60)
-        svc.run_once()
-        assert rec(svc).raw == raw
+        assert first_check(svc, clock).raw == raw
 
 
 def test_run_once_works_inside_a_running_event_loop(store: Store, clock: SimulatedClock) -> None:
