@@ -105,6 +105,11 @@ def add_import_parser(sub: Any) -> argparse.ArgumentParser:
         help="k-msg's typeStrategy.timestamp: epoch_ms (bigint/integer) or date (default: auto)",
     )
     p.add_argument("--strict", action="store_true", help="fail on the first unreadable row")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="read and compare every row, not only those written since the last import",
+    )
     p.add_argument("--chunk-rows", type=_positive, default=50_000, help="rows per chunk")
     p.add_argument(
         "--show-errors", type=int, default=20, help="unreadable rows to list (default 20)"
@@ -125,6 +130,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         column_map=args.column_map,
         timestamps=args.timestamps,
         strict=args.strict,
+        full=args.full,
         chunk_rows=args.chunk_rows,
         progress=None if args.quiet else _Progress(),
     )

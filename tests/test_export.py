@@ -279,7 +279,13 @@ def test_command_line_import_then_export(
     assert "3,000 new" in out
     assert "rows/s" in err
     assert _cli(["import", f"sqlite:///{FIXTURE_DB}", "--lake", str(lake), "--quiet"]) == 0
-    assert "0 new, 0 changed, 3,000 unchanged" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "0 new, 0 changed, 3,000 unchanged" in out
+    argv = ["import", f"sqlite:///{FIXTURE_DB}", "--lake", str(lake), "--quiet", "--full"]
+    assert _cli(argv) == 0
+    out = capsys.readouterr().out
+    assert "0 new, 0 changed, 3,000 unchanged" in out
+    assert "fetched" not in out  # --full: every row read and compared, none appended
 
     csv = tmp_path / "out.csv"
     assert _cli(["export", "--lake", str(lake), "--out", str(csv)]) == 0

@@ -623,6 +623,208 @@ def test_the_fixture_database_imports_in_small_chunks_like_in_one(tmp_path: Path
     assert run(url, tmp_path / "lake").appended == 0
 
 
+# --------------------------------------------------------------------------- watermark
+
+DAY_MS = 86_400_000
+
+
+def test_reimport_reads_only_what_kmsg_wrote_since_the_watermark(
+    tmp_path: Path, lake_path: Path
+) -> None:
+    db = tmp_path / "k.sqlite"
+    old = T0 - DAY_MS  # well before the watermark (the latest write time read) less margin
+    rows = [kmsg_row(f"m{i:02d}", status_updated_at=old, requested_at=old) for i in range(10)]
+    url = write_table(db, [*rows, kmsg_row("m10")])
+    assert run(url, lake_path).new == 11
+    (state,) = read_source_state(lake_path, url)
+    assert state["watermark"]["value_us"] == T0 * 1000
+    again = run(url, lake_path)
+    # only m10 is within the margin of the watermark: the others are not even fetched
+    assert (again.rows_read, again.fetched, again.unchanged, again.appended) == (11, 1, 11, 0)
+
+    # k-msg polls: a status change, and a poll that changes no status (last_checked_at)
+    update_rows(
+        db,
+        "UPDATE kmsg_delivery_tracking SET status='DELIVERED', delivered_at=?, "
+        "status_updated_at=?, last_checked_at=?, attempt_count=1 WHERE message_id='m03'",
+        T0 + 50_000,
+        T0 + 60_000,
+        T0 + 60_000,
+    )
+    update_rows(
+        db,
+        "UPDATE kmsg_delivery_tracking SET attempt_count=1, last_checked_at=?, "
+        "next_check_at=? WHERE message_id='m04'",
+        T0 + 60_000,
+        T0 + 180_000,
+    )
+    # a row added with old times (a backfill) is new past the last rowid read
+    write_table(db, [kmsg_row("m11", status_updated_at=old - DAY_MS, requested_at=old)])
+    # a hand edit that moves no write time is not seen by a watermark read ...
+    update_rows(db, "UPDATE kmsg_delivery_tracking SET attempt_count=7 WHERE message_id='m05'")
+    third = run(url, lake_path)
+    assert (third.new, third.changed, third.unchanged, third.fetched) == (1, 2, 9, 4)
+    recs = current(lake_path)
+    assert (recs["m03"].status, recs["m04"].attempt_count, recs["m05"].attempt_count) == (
+        "DELIVERED",
+        1,
+        0,
+    )
+    assert run(url, lake_path).appended == 0
+    # ... but by a full one
+    full = run(url, lake_path, full=True)
+    assert (full.fetched, full.changed, full.unchanged) == (12, 1, 11)
+    assert current(lake_path)["m05"].attempt_count == 7
+    assert history(lake_path).height == 15
+
+
+def test_skipped_rows_are_read_again_until_they_can_be_imported(
+    tmp_path: Path, lake_path: Path
+) -> None:
+    db = tmp_path / "k.sqlite"
+    old = T0 - DAY_MS
+    url = write_table(
+        db,
+        [
+            kmsg_row("good", status_updated_at=old),
+            kmsg_row("lost", status="LOST", status_updated_at=old),
+            kmsg_row("recent"),
+        ],
+    )
+    first = run(url, lake_path)
+    assert (first.new, first.skipped) == (1 + 1, 1)
+    again = run(url, lake_path)
+    assert (again.fetched, again.skipped, again.unchanged) == (2, 1, 2)
+    assert again.errors[0].message_id == "lost"
+    update_rows(db, "UPDATE kmsg_delivery_tracking SET status='SENT' WHERE message_id='lost'")
+    fixed = run(url, lake_path)
+    assert (fixed.new, fixed.skipped) == (1, 0)
+    assert sorted(current(lake_path)) == ["good", "lost", "recent"]
+    assert run(url, lake_path).fetched == 1  # nothing left to read again
+
+
+def test_a_changed_table_layout_is_read_in_full(tmp_path: Path, lake_path: Path) -> None:
+    db = tmp_path / "k.sqlite"
+    old = T0 - DAY_MS
+    rows = [kmsg_row(f"m{i}", status_updated_at=old) for i in range(5)]
+    url = write_table(db, [*rows, kmsg_row("z")])
+    run(url, lake_path)
+    assert run(url, lake_path).fetched == 1
+    update_rows(db, "ALTER TABLE kmsg_delivery_tracking ADD COLUMN raw TEXT")
+    update_rows(db, "UPDATE kmsg_delivery_tracking SET raw='{\"a\":1}' WHERE message_id='m2'")
+    report = run(url, lake_path)
+    assert (report.fetched, report.changed, report.unchanged) == (6, 1, 5)
+    assert current(lake_path)["m2"].raw == {"a": 1}
+
+
+def test_timestamps_in_a_text_column_are_always_read_in_full(
+    tmp_path: Path, lake_path: Path
+) -> None:
+    columns = {**DEFAULT_COLUMNS, "status_updated_at": "TEXT", "last_checked_at": "TEXT"}
+    rows = [kmsg_row(f"m{i}", status_updated_at="2026-10-01T00:00:00Z") for i in range(3)]
+    url = write_table(tmp_path / "k.sqlite", rows, columns=columns)
+    assert run(url, lake_path).new == 3
+    again = run(url, lake_path)
+    assert (again.fetched, again.unchanged) == (3, 3)
+
+
+# --------------------------------------------------------------------------- reading paths
+
+
+def test_values_json_cannot_carry_fall_back_to_rows(tmp_path: Path) -> None:
+    """BLOBs, infinities and reals in INTEGER columns: the chunk is read as rows."""
+    columns = {**DEFAULT_COLUMNS, "raw": "TEXT"}
+    rows = [kmsg_row(f"ok-{i}") for i in range(6)] + [
+        kmsg_row("blob", raw=b"\x00\xffbinary"),
+        kmsg_row("inf", sent_at=float("inf")),
+        kmsg_row("half", attempt_count=1.5),
+        kmsg_row("two", attempt_count=2.0),  # stored as the integer 2
+    ]
+    url = write_table(tmp_path / "k.sqlite", rows, columns=columns)
+    small = run(url, tmp_path / "a", chunk_rows=3)
+    big = run(url, tmp_path / "b", chunk_rows=100)
+    for report in (small, big):
+        assert (report.new, report.skipped) == (8, 2)
+        reasons = {e.message_id: (e.column, e.reason) for e in report.errors}
+        assert reasons["inf"][0] == "sent_at"
+        assert reasons["half"] == ("attempt_count", "'1.5' is not a whole number >= 0")
+    assert current(tmp_path / "a")["two"].attempt_count == 2
+    assert current(tmp_path / "a")["blob"].raw is not None
+    a = history(tmp_path / "a").drop("seq", "recorded_at", "ingest_date").sort("message_id")
+    b = history(tmp_path / "b").drop("seq", "recorded_at", "ingest_date").sort("message_id")
+    assert a.equals(b)
+
+
+@pytest.mark.parametrize("kind", ["without rowid", "view"])
+def test_tables_without_a_rowid_are_read_by_message_id(
+    tmp_path: Path, lake_path: Path, kind: str
+) -> None:
+    db = tmp_path / "k.sqlite"
+    old = T0 - DAY_MS
+    rows = [kmsg_row(f"m{i:02d}", status_updated_at=old) for i in range(12)] + [kmsg_row("z")]
+    con = sqlite3.connect(db)
+    body = ", ".join(f'"{c}" {t}' for c, t in DEFAULT_COLUMNS.items())
+    name = "kmsg_delivery_tracking"
+    if kind == "view":
+        con.execute(f"CREATE TABLE base ({body})")
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM base")
+        name = "base"
+    else:
+        con.execute(f"CREATE TABLE {name} ({body}) WITHOUT ROWID")
+    for row in rows:
+        names = ", ".join(f'"{k}"' for k in row)
+        con.execute(
+            f"INSERT INTO {name} ({names}) VALUES ({', '.join('?' for _ in row)})",
+            list(row.values()),
+        )
+    con.commit()
+    con.close()
+    url = f"sqlite:///{db}"
+    assert run(url, lake_path, chunk_rows=5).new == 13
+    again = run(url, lake_path, chunk_rows=5)
+    assert (again.fetched, again.unchanged) == (1, 13)
+    update_rows(
+        db, f"UPDATE {name} SET status='FAILED', status_updated_at=? WHERE message_id='m07'", T0
+    )
+    assert run(url, lake_path, chunk_rows=5).changed == 1
+
+
+def test_the_reader_thread_hands_on_errors_and_stops_early() -> None:
+    from kmsg_analytics._kmsg_source import Prefetch
+
+    def broken() -> Iterator[int]:
+        yield 1
+        raise sqlite3.OperationalError("disk I/O error")
+
+    got: list[int] = []
+    with Prefetch(broken()) as items, pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        got.extend(items)
+    assert got == [1]
+    produced: list[int] = []
+
+    def endless() -> Iterator[int]:
+        while True:
+            produced.append(len(produced))
+            yield produced[-1]
+
+    with Prefetch(endless(), depth=2) as items:
+        assert next(iter(items)) == 0
+    assert len(produced) <= 5  # stopped, not run on
+
+
+def test_number_hashes_match_the_lake_key_also_for_long_keys() -> None:
+    from kmsg_analytics._kmsg_convert import NumberHasher
+    from kmsg_analytics._phone import HashKey
+
+    for secret in ("test-key-123", "k" * 100):
+        key = HashKey(secret)
+        out = NumberHasher(key).lookup(pl.Series(["+82 10-1234-5678", "02-1588-1234"]))
+        assert out.get_column("hash").to_list() == [
+            key.hash_normalized("01012345678"),
+            key.hash_normalized("0215881234"),
+        ]
+
+
 def test_mysql_without_its_ibis_backend_says_what_to_install(lake_path: Path) -> None:
     try:
         import ibis.backends.mysql  # noqa: F401
@@ -824,3 +1026,41 @@ def test_postgres_native_timestamps_jsonb_uuid_ids_and_updates(
     again = run(postgres_url, lake, table=table, chunk_rows=5)
     assert (again.new, again.changed, again.unchanged) == (0, 1, 11)
     assert current(lake)[ids[5]].status == "DELIVERED"
+
+
+def test_postgres_reimport_reads_only_rows_written_since_the_watermark(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    table = "kmsg_watermark"
+    _pg_execute(
+        postgres_url,
+        f"""
+        DROP TABLE IF EXISTS "{table}";
+        CREATE TABLE "{table}" (
+          "message_id" TEXT PRIMARY KEY, "provider_id" TEXT NOT NULL,
+          "provider_message_id" TEXT NOT NULL, "type" TEXT NOT NULL, "to" TEXT NOT NULL,
+          "status" TEXT NOT NULL, "requested_at" TIMESTAMPTZ NOT NULL,
+          "status_updated_at" TIMESTAMPTZ NOT NULL, "attempt_count" INTEGER NOT NULL DEFAULT 0,
+          "last_checked_at" TIMESTAMPTZ, "next_check_at" TIMESTAMPTZ NOT NULL)
+        """,
+    )
+    old = T0_DT - timedelta(days=1)
+    rows = [(f"m{i}", old) for i in range(8)] + [("z", T0_DT)]
+    _pg_execute(
+        postgres_url,
+        f'INSERT INTO "{table}" (message_id, provider_id, provider_message_id, type, "to", '
+        "status, requested_at, status_updated_at, next_check_at) "
+        "VALUES (%s, 'nhn', 'P', 'SMS', '01098765432', 'SENT', %s, %s, %s)",
+        [(mid, at, at, at) for mid, at in rows],
+    )
+    lake = tmp_path / "lake"
+    assert run(postgres_url, lake, table=table).new == 9
+    assert run(postgres_url, lake, table=table).fetched == 1
+    _pg_execute(
+        postgres_url,
+        f"UPDATE \"{table}\" SET attempt_count=1, last_checked_at=%s WHERE message_id='m3'",
+        [(T0_DT + timedelta(minutes=1),)],
+    )
+    again = run(postgres_url, lake, table=table)
+    assert (again.fetched, again.changed, again.unchanged) == (2, 1, 8)
+    assert current(lake)["m3"].attempt_count == 1
