@@ -12,7 +12,9 @@ time zone), ``provider``, ``type`` and ``status`` pickers (nothing picked means 
 ``bucket`` (hour/day/week/month), ``definition`` (which named rate the charts show)
 and ``view`` (the tab on screen). Every change recomputes what is on screen; KPI tiles
 and the paged record table always, the charts of the visible tab only (the others when
-their tab is opened), each answer cached per filter.
+their tab is opened), each answer cached per filter; a chart whose inputs did not
+change is not sent again. The "matching records" count comes from the summary (no
+extra scan) and a table page reads only the days it shows.
 
 Rates are never filtered by status (a delivery rate among only delivered messages
 would mean nothing): the status picker narrows the record table, the "matching
@@ -26,8 +28,10 @@ Needs the notebook extra: ``pip install "kmsg-analytics[notebook]"``.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -43,6 +47,7 @@ import polars as pl
 from . import _metrics as m
 from ._errors import InvalidRecordError
 from ._records import DELIVERY_STATUSES, RecordFilter
+from ._schema import CURRENT_PARTITION
 
 try:
     import ipywidgets as w
@@ -82,7 +87,7 @@ _RECORD_COLUMNS: Final = (
     "provider_status_code",
     "provider_status_message",
 )
-_CACHE_SIZE: Final = 48
+_CACHE_SIZE: Final = 96
 _KPI_RATES: Final = ("failed_of_total", "delivered_of_finalized", "in_flight_of_total")
 
 ChartView = Literal["interactive", "svg"]
@@ -141,6 +146,41 @@ def _offline_chart_class() -> type[Any]:
     return offline
 
 
+_WARMING: list[threading.Thread] = []
+
+
+def _warm_up(view: ChartView) -> None:
+    """Pay altair's once-per-process costs in a thread while the first queries run.
+
+    The first chart a process validates loads and compiles the Vega-Lite schema (about
+    as long as a query over millions of rows); the interactive view also reads the
+    offline JavaScript bundle. Polars releases the GIL while it scans, so this runs
+    beside the explorer's first queries; :func:`_warmed` waits for it.
+    """
+    if _WARMING:
+        return
+
+    def work() -> None:
+        try:
+            import altair as alt
+
+            alt.Chart(pl.DataFrame({"x": [1]})).mark_point().encode(x="x:Q").to_dict()
+            if view == "interactive":
+                _offline_chart_class()
+        except Exception:  # only a head start: the real call reports any error
+            return
+
+    thread = threading.Thread(target=work, name="kmsg-explorer-warm-up", daemon=True)
+    _WARMING.append(thread)
+    thread.start()
+
+
+def _warmed() -> None:
+    """Wait for :func:`_warm_up` (if it was started) to finish."""
+    for thread in _WARMING:
+        thread.join()
+
+
 def _default_view() -> ChartView:
     try:
         import anywidget  # noqa: F401
@@ -151,19 +191,30 @@ def _default_view() -> ChartView:
 
 
 class _ChartSlot:
-    """Where one chart is shown: an offline JupyterChart widget, or inline SVG."""
+    """Where one chart is shown: an offline JupyterChart widget, or inline SVG.
+
+    The chart widget and the note are made once and swapped in and out (never
+    recreated), so a long session does not pile up widgets in the kernel; showing the
+    chart already on screen, or the note already shown, sends nothing.
+    """
 
     def __init__(self, view: ChartView) -> None:
         self.view = view
         self.widget: Any = w.Box(layout=w.Layout(min_height="60px", width="100%"))
         self.inner: Any = None
+        self.note: Any = None
+        self.chart: Any = None
         self.renders = 0
 
     def show(self, chart: Any) -> None:
+        _warmed()
+        if chart is self.chart and self.inner is not None:
+            if self.widget.children != (self.inner,):
+                self.widget.children = (self.inner,)
+            return
         if self.view == "interactive":
             if self.inner is None:
                 self.inner = _offline_chart_class()(chart)
-                self.widget.children = (self.inner,)
             else:
                 self.inner.chart = chart
         else:
@@ -172,13 +223,20 @@ class _ChartSlot:
             svg = vlc.vegalite_to_svg(chart.to_dict())
             if self.inner is None:
                 self.inner = w.HTML()
-                self.widget.children = (self.inner,)
             self.inner.value = f'<div class="kmsg-chart">{svg}</div>'
+        if self.widget.children != (self.inner,):
+            self.widget.children = (self.inner,)
+        self.chart = chart
         self.renders += 1
 
     def clear(self, text: str) -> None:
-        self.inner = None
-        self.widget.children = (w.HTML(f"<i>{html.escape(text)}</i>"),)
+        value = f"<i>{html.escape(text)}</i>"
+        if self.note is None:
+            self.note = w.HTML(value)
+        elif self.note.value != value:
+            self.note.value = value
+        if self.widget.children != (self.note,):
+            self.widget.children = (self.note,)
 
 
 # --------------------------------------------------------------------------- the explorer
@@ -265,6 +323,7 @@ class Explorer:
         self._page = 0
         self._matching = 0
 
+        _warm_up(view)
         providers, types, first, last = self._choices()
         end_day = _as_date(end, "end", self.zone) if end is not None else last
         start_day = (
@@ -420,6 +479,7 @@ class Explorer:
 
     def _run(self, work: Callable[[], None]) -> None:
         self.working.layout.visibility = "visible"
+        self.timings = {}
         started = time.perf_counter()
         try:
             work()
@@ -470,18 +530,11 @@ class Explorer:
         st = self.state()
         s, e = self._window(st)
         self.refreshes += 1
-        an = self.analytics
-        providers = list(st["provider"]) or None
-        types = list(st["type"]) or None
-        base = (s, e, st["provider"], st["type"])
         started = time.perf_counter()
         if tables:
             self.figures = {}
             self.results = {}
-            summary = self._cached(
-                ("summary", *base),
-                lambda: an.summary(s, e, provider_id=providers, type=types),
-            )
+            summary = self._summary(st)
             self.results["summary"] = summary
             self._records(st)
             self._kpis(summary, st)
@@ -495,7 +548,7 @@ class Explorer:
             if fig in self.figures:
                 continue
             t0 = time.perf_counter()
-            chart = self._figure(fig, st, s, e, providers, types)
+            chart = self._drawn(fig, st, s, e)
             self.figures[fig] = chart
             if chart is None:
                 self.slots[fig].clear("이 기간에는 그릴 데이터가 없습니다")
@@ -506,23 +559,56 @@ class Explorer:
             if fig not in self.figures:
                 slot.clear("탭을 열면 계산합니다")
 
+    def _inputs(self, fig: str, st: Mapping[str, Any], s: datetime, e: datetime) -> tuple[Any, ...]:
+        """What figure ``fig`` depends on (its cache key)."""
+        base = (s, e, st["provider"], st["type"])
+        if fig == "status_mix":
+            return (*base, st["bucket"], st["definition"], st["status"])
+        if fig == "delivery_rate":
+            return (*base, st["bucket"], st["definition"])
+        if fig in ("heatmap", "maturity"):
+            return (*base, st["definition"])
+        if fig == "failover":  # AlimTalk only: the type picker does not change it
+            return (s, e, st["provider"])
+        return base
+
+    def _drawn(self, fig: str, st: Mapping[str, Any], s: datetime, e: datetime) -> Any:
+        """Figure ``fig`` for ``st``: the very chart object drawn before for the same inputs.
+
+        Reusing the object lets the slot skip re-sending a chart already on screen; the
+        analytics answers it was built from go back into :attr:`results`.
+        """
+        found: dict[str, Any] = {}
+        chart, found = self._cached(
+            ("chart", fig, *self._inputs(fig, st, s, e)),
+            lambda: (self._figure(fig, st, s, e, found), found),
+        )
+        self.results.update(found)
+        return chart
+
+    def _result(
+        self, found: dict[str, Any], name: str, key: tuple[Any, ...], make: Callable[[], Any]
+    ) -> Any:
+        """An analytics answer (cached per ``key``), noted in ``found`` as ``name``."""
+        value = self._cached((name, *key), make)
+        found[name] = value
+        return value
+
     def _figure(
-        self,
-        fig: str,
-        st: Mapping[str, Any],
-        s: datetime,
-        e: datetime,
-        providers: list[str] | None,
-        types: list[str] | None,
+        self, fig: str, st: Mapping[str, Any], s: datetime, e: datetime, found: dict[str, Any]
     ) -> Any:
         an = self.analytics
         base = (s, e, st["provider"], st["type"])
+        providers = list(st["provider"]) or None
+        types = list(st["type"]) or None
         definition = st["definition"]
         every = st["bucket"]
         if fig in ("status_mix", "delivery_rate"):
             _check_buckets(s, e, every)
-            rates = self._cached(
-                ("rates", *base, every, definition),
+            rates = self._result(
+                found,
+                "rates",
+                (*base, every, definition),
                 lambda: an.rates(
                     s,
                     e,
@@ -533,26 +619,27 @@ class Explorer:
                     type=types,
                 ),
             )
-            self.results["rates"] = rates
             if fig == "status_mix":
                 statuses = list(st["status"]) or None
                 return _charts.status_mix(rates, statuses=statuses)
             return _charts.delivery_rate(rates, min_n=an.min_n)
         if fig == "latency":
-            latency = self._cached(
-                ("latency", *base),
+            latency = self._result(
+                found,
+                "latency",
+                base,
                 lambda: an.latency(s, e, by="provider_id", provider_id=providers, type=types),
             )
-            self.results["latency"] = latency
             if latency.curve.is_empty():
                 return None
             return _charts.latency_distribution(latency)
         if fig == "failure_codes":
-            failures = self._cached(
-                ("failures", *base),
+            failures = self._result(
+                found,
+                "failures",
+                base,
                 lambda: an.failures(s, e, provider_id=providers, type=types),
             )
-            self.results["failures"] = failures
             if failures.codes.is_empty():
                 return None
             return _charts.top_failure_codes(failures)
@@ -560,29 +647,32 @@ class Explorer:
             if e - s > timedelta(days=400):
                 msg = "the hour-of-day heatmap needs a window of at most 400 days"
                 _invalid("start/end", (s.date(), e.date()), msg)
-            hourly = self._cached(
-                ("hourly", *base, definition),
+            hourly = self._result(
+                found,
+                "hourly",
+                (*base, definition),
                 lambda: an.rates(
                     s, e, every="1h", definition=definition, provider_id=providers, type=types
                 ),
             )
-            self.results["hourly"] = hourly
             return _charts.delivery_heatmap(hourly, min_n=an.min_n)
         if fig == "failover":
-            funnel = self._cached(
-                ("failover", *base),
+            funnel = self._result(
+                found,
+                "failover",
+                (s, e, st["provider"]),
                 lambda: an.failover_funnel(s, e, provider_id=providers),
             )
-            self.results["failover"] = funnel
             return _charts.failover_funnel(funnel)
         if fig == "maturity":
-            curve = self._cached(
-                ("maturity", *base, definition),
+            curve = self._result(
+                found,
+                "maturity",
+                (*base, definition),
                 lambda: an.rate_maturity(
                     s, e, definition=definition, provider_id=providers, type=types
                 ),
             )
-            self.results["maturity"] = curve
             return _charts.rate_maturity(curve)
         msg = f"unknown figure {fig!r}"  # pragma: no cover - TABS lists every figure
         raise KeyError(msg)
@@ -597,17 +687,28 @@ class Explorer:
             status=list(st["status"]) or None,
         )
 
+    def _summary(self, st: Mapping[str, Any]) -> Any:
+        """The KPI summary of the window, provider and type (cached; status is not a key)."""
+        s, e = self._window(st)
+        providers = list(st["provider"]) or None
+        types = list(st["type"]) or None
+        an = self.analytics
+        return self._cached(
+            ("summary", s, e, st["provider"], st["type"]),
+            lambda: an.summary(s, e, provider_id=providers, type=types),
+        )
+
     def _records(self, st: Mapping[str, Any]) -> None:
         flt = self._filter(st)
-        store = self.analytics.store
-        key = ("count", flt)
-        self._matching = int(self._cached(key, lambda: store.count_records(flt)))
+        # the matching count is the summary's count of the picked statuses: no scan
+        summary = self._summary(st)
+        picked = st["status"] or DELIVERY_STATUSES
+        self._matching = sum(int(summary.by_status.get(x, 0)) for x in picked)
         last = max((self._matching - 1) // self.page_size, 0)
         self._page = min(self._page, last)
-        page = (
-            store.list_records(flt, self.page_size, self._page * self.page_size)
-            .select(_RECORD_COLUMNS)
-            .collect()
+        page = self._cached(
+            ("page", flt, self._page, self.page_size),
+            lambda: self._page_rows(st, flt, self._page * self.page_size),
         )
         self.records = page
         self.figures["matching_records"] = self._matching
@@ -619,6 +720,57 @@ class Explorer:
         )
         self.prev_button.disabled = self._page == 0
         self.next_button.disabled = self._page >= last
+
+    def _page_rows(self, st: Mapping[str, Any], flt: RecordFilter, offset: int) -> pl.DataFrame:
+        """One page of ``store.list_records(flt, page_size, offset)``, reading a few days only.
+
+        The records are ordered by ``requested_at`` (newest first), ties by ``message_id``,
+        so the records requested at or after any time ``t`` (ties included) are a prefix
+        of that order, and those at or before ``t`` a suffix: listing the narrower window
+        gives the same page while reading only the days it covers. For a page near the
+        newest, ``t`` is first guessed from the window's average rate (the page is right
+        as soon as the narrow listing fills it); otherwise one pass over the window's
+        ``requested_at`` finds the time of the page's far edge.
+        """
+        store = self.analytics.store
+        limit = self.page_size
+        s, e = self._window(st)
+
+        def listing(near: RecordFilter, start: int) -> pl.DataFrame:
+            return store.list_records(near, limit, start).select(_RECORD_COLUMNS).collect()
+
+        top = offset + limit <= max(self._matching - offset, 0)
+        if top:
+            # guess: twice the span that holds offset + limit records at the average rate
+            seconds = (e - s).total_seconds() * 2 * (offset + limit) / self._matching
+            since = e - timedelta(seconds=max(seconds, 3_600.0))
+            if since > s:
+                page = listing(dataclasses.replace(flt, requested_at_from=since), offset)
+                if page.height == limit:
+                    return page
+        lf = self.analytics.records(
+            s, e, provider_id=list(st["provider"]) or None, type=list(st["type"]) or None
+        )
+        if st["status"]:
+            lf = lf.filter(pl.col("status").is_in(list(st["status"])))
+        at = pl.col("requested_at")
+        if top:
+            # near the newest: the first offset + limit records all start at or after t
+            t = lf.select(at.top_k(offset + limit).min()).collect().item()
+            if t is None:
+                return _empty_page(store, flt, limit)
+            return listing(dataclasses.replace(flt, requested_at_from=max(t, s)), offset)
+        # near the oldest: the records from offset to the end all start at or before t
+        rest = max(self._matching - offset, 1)
+        edge = at.bottom_k(rest).max()
+        n, t, tail = (
+            lf.select(pl.len(), edge.alias("t"), (at <= edge).sum().alias("tail")).collect().row(0)
+        )
+        if t is None:
+            return _empty_page(store, flt, limit)
+        if int(n) - int(tail) > offset:  # the lake grew since the count: list it all
+            return listing(flt, offset)
+        return listing(dataclasses.replace(flt, requested_at_to=min(t, e)), offset - n + tail)
 
     def _kpis(self, summary: Any, st: Mapping[str, Any]) -> None:
         metrics = {r["rate"]: r for r in summary.metrics.iter_rows(named=True)}
@@ -650,19 +802,42 @@ class Explorer:
     # ------------------------------------------------------------------ choices
 
     def _choices(self) -> tuple[list[str], list[str], date, date]:
-        frame = (
-            self.analytics.store.current()
-            .select(
-                pl.col("provider_id").unique().sort().implode().alias("providers"),
-                pl.col("type").unique().sort().implode().alias("types"),
-                pl.col("requested_at").min().alias("first"),
-                pl.col("requested_at").max().alias("last"),
+        """The pickers' providers and types and the first and last request day.
+
+        One group-by of (provider, type) over the whole lake; in a lake partitioned by
+        request day it reads the partition's day instead of the request times, and the
+        first and last request times come from the first and last day's files only.
+        """
+        current = self.analytics.store.current()
+        at = pl.col("requested_at")
+        if CURRENT_PARTITION in current.collect_schema().names():
+            day = pl.col(CURRENT_PARTITION)
+            pairs = (
+                current.group_by("provider_id", "type")
+                .agg(day.min().alias("first"), day.max().alias("last"))
+                .collect(engine="streaming")
             )
-            .collect()
-        )
-        providers = [p for p in frame.item(0, "providers") if p is not None]
-        types = [t for t in frame.item(0, "types") if t is not None]
-        first, last = frame.item(0, "first"), frame.item(0, "last")
+            days = [
+                d
+                for d in (pairs.get_column("first").min(), pairs.get_column("last").max())
+                if isinstance(d, date)
+            ]
+            edges = (
+                current.filter(day.is_in(days))
+                .select(at.min().alias("first"), at.max().alias("last"))
+                .collect()
+                .row(0)
+            )
+        else:
+            pairs = (
+                current.group_by("provider_id", "type")
+                .agg(at.min().alias("first"), at.max().alias("last"))
+                .collect(engine="streaming")
+            )
+            edges = (pairs.get_column("first").min(), pairs.get_column("last").max())
+        providers = sorted(p for p in pairs.get_column("provider_id").unique() if p is not None)
+        types = sorted(t for t in pairs.get_column("type").unique() if t is not None)
+        first, last = edges
         today = datetime.now(UTC).astimezone(self.zone).date()
         first_day = first.astimezone(self.zone).date() if isinstance(first, datetime) else today
         last_day = last.astimezone(self.zone).date() if isinstance(last, datetime) else today
@@ -687,6 +862,12 @@ def _as_date(value: date | datetime | str, name: str, zone: ZoneInfo) -> date:
         except ValueError:
             pass
     _invalid(name, value, "a date such as '2026-11-01'")
+
+
+def _empty_page(store: Any, flt: RecordFilter, limit: int) -> pl.DataFrame:
+    """No records, with the table's columns and types (read from the query plan only)."""
+    schema = store.list_records(flt, limit).select(_RECORD_COLUMNS).collect_schema()
+    return pl.DataFrame(schema=schema)
 
 
 def _records_html(page: pl.DataFrame, zone: ZoneInfo) -> str:

@@ -74,6 +74,13 @@ def test_opens_on_the_last_30_days(dash: Explorer, an: DeliveryAnalytics) -> Non
     assert set(dash.figures) >= {"status_mix", "delivery_rate"}  # the visible tab only
     assert "latency" not in dash.figures
     assert f"{summary.total:,}" in dash.kpis.value
+    # the pickers offer the whole lake's providers and types; the window ends on its last day
+    lake = an.store.current().select("provider_id", "type", "requested_at").collect()
+    assert list(dash.controls["provider"].options) == sorted(set(lake["provider_id"]))
+    assert list(dash.controls["type"].options) == sorted(set(lake["type"]))
+    last = lake["requested_at"].max()
+    assert isinstance(last, datetime)
+    assert dash.controls["end"].value == last.astimezone(ZONE).date()
 
 
 def test_records_are_paged_and_masked(dash: Explorer, an: DeliveryAnalytics) -> None:
@@ -207,3 +214,59 @@ def test_svg_view_and_a_lake_path(lake: Path) -> None:
         assert "application/vnd.jupyter.widget-view+json" in bundle
     finally:
         dash.close()
+
+
+@pytest.mark.parametrize("end", ["2026-11-03", "2026-11-05"])
+def test_pages_equal_the_store_listing_with_tied_request_times(end: str) -> None:
+    """Every page (from the top, the middle and the end) is the store's own listing.
+
+    Many records share a request time, so pages cut through runs of ties (ordered by
+    ``message_id``); the table reads a narrower window than the store would, never
+    other rows. Up to 2026-11-03 the records reach the window's end (the first pages
+    come from a guessed narrow window, except the first, whose guess holds only the two
+    latest records); up to 2026-11-05 the last two days are empty (every guess comes
+    up short and the window's edge is looked up).
+    """
+    from kmsg_analytics import DeliveryTrackingService, InMemoryTrackingStore, RecordFilter
+
+    class Gateway:
+        id = "solapi"
+
+    n = 157
+    hours = [7 * (i % 11) if i % 11 < 10 or i < 22 else 0 for i in range(n)]  # 2 at 70 h
+    times = [datetime(2026, 11, 1, tzinfo=UTC) + timedelta(hours=h) for h in hours]
+    frame = pl.DataFrame(
+        {
+            "message_id": [f"m{(i * 37) % n:03d}" for i in range(n)],
+            "provider_id": ["solapi", "iwinv"] * (n // 2) + ["solapi"],
+            "type": ["SMS"] * n,
+            "to": ["010-1111-2222"] * n,
+            "requested_at": times,
+            "status": [("SENT", "DELIVERED", "FAILED")[i % 3] for i in range(n)],
+        }
+    )
+    store = InMemoryTrackingStore(hash_key="test-key-123")
+    svc = DeliveryTrackingService([Gateway()], store=store)
+    svc.load_records(frame)
+    with DeliveryAnalytics(store) as an:
+        dash = explore(an, start="2026-11-01", end=end, page_size=7, chart_view="svg")
+        try:
+            assert dash.controls["provider"].options == ("iwinv", "solapi")
+            assert dash.controls["type"].options == ("SMS",)
+            for statuses in ((), ("FAILED", "SENT")):
+                dash.controls["status"].value = statuses
+                s = datetime.combine(dash.controls["start"].value, time.min, UTC)
+                e = datetime.combine(dash.controls["end"].value, time.max, UTC)
+                flt = RecordFilter(
+                    requested_at_from=s, requested_at_to=e, status=list(statuses) or None
+                )
+                matching = dash.figures["matching_records"]
+                assert matching == store.count_records(flt) > 0
+                pages = (matching + 6) // 7
+                for page in range(pages):
+                    dash.go_to_page(page)
+                    want = store.list_records(flt, 7, page * 7).collect()
+                    assert dash.records.equals(want.select(dash.records.columns)), page
+                assert dash.records.height == matching - (pages - 1) * 7
+        finally:
+            dash.widget.close()
