@@ -1,4 +1,4 @@
-"""Benchmark the explorer widget (issue 5's speed target) on an existing lake.
+"""Benchmark the explorer widget and its speed targets on an existing lake.
 
 Usage::
 

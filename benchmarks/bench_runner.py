@@ -1,4 +1,4 @@
-"""Benchmark the polling runner (issue 3's speed targets).
+"""Benchmark the polling runner and its speed targets.
 
 Usage::
 
