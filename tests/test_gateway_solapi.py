@@ -31,7 +31,7 @@ from kmsg_analytics._gateways import (
     capture_send,
     load_gateways_config,
 )
-from kmsg_analytics._gateways._http import HttpClient, HttpResponse, http_error
+from kmsg_analytics._gateways._http import HttpClient, HttpResponse, _Conn, http_error
 from kmsg_analytics._gateways.solapi import solapi_status
 from kmsg_analytics._providers import (
     DeliveryStatusQuery,
@@ -62,9 +62,13 @@ def fake() -> Iterator[FakeSolapi]:
         yield server
 
 
-def make(fake: FakeSolapi, secret: str = SOLAPI_SECRET, **http: Any) -> SolapiProvider:
+def make(
+    fake: FakeSolapi, secret: str = SOLAPI_SECRET, *, batch_size: int = 100, **http: Any
+) -> SolapiProvider:
     settings = {**{k: getattr(FAST, k) for k in FAST.__dataclass_fields__}, **http}
-    return SolapiProvider(SOLAPI_KEY, secret, base_url=fake.url, http=settings)
+    return SolapiProvider(
+        SOLAPI_KEY, secret, base_url=fake.url, http=settings, batch_size=batch_size
+    )
 
 
 @pytest.fixture
@@ -192,6 +196,175 @@ def test_follows_next_key_pages(fake: FakeSolapi, provider: SolapiProvider) -> N
     assert result is not None
     assert result.status == "SENT"
     assert [r.query.get("startKey") for r in fake.requests] == [None, "NKM5"]
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_concurrent_checks_share_a_signed_request_and_keep_their_own_answers(
+    fake: FakeSolapi,
+) -> None:
+    for i in range(30):
+        fake.add(f"M{i}", "4000" if i % 2 else "3104", reported=T0 + timedelta(seconds=i))
+
+    async def main(p: SolapiProvider) -> list[DeliveryStatusResult | None]:
+        pmids = [*(f"M{i}" for i in range(30)), "M-NOT-YET", "M3"]
+        return await asyncio.gather(*(p.get_delivery_status(query(m)) for m in pmids))
+
+    with make(fake, batch_size=20) as p:
+        results = asyncio.run(main(p))
+    # 32 checks in two batches of at most 20 (on two connections: in either order)
+    first, second = sorted((r.query for r in fake.requests), key=lambda q: -len(q["messageIds"]))
+    assert first["messageIds"] == [f"M{i}" for i in range(20)]
+    assert second["messageIds"] == [*(f"M{i}" for i in range(20, 30)), "M-NOT-YET", "M3"]
+    assert (first["limit"], second["limit"]) == ("20", "12")
+    assert "messageId" not in first
+    for i, result in enumerate(results[:30]):
+        assert result is not None
+        assert result.provider_message_id == f"M{i}"
+        assert result.status == ("DELIVERED" if i % 2 else "FAILED")
+        assert result.failed_at == (None if i % 2 else T0 + timedelta(seconds=i))
+    assert results[30] is None  # not listed yet: nothing borrowed from the others
+    assert results[31] == results[3]
+
+
+def test_one_id_asked_twice_at_once_is_asked_once(fake: FakeSolapi) -> None:
+    fake.add("M1", "4000")
+
+    async def main(p: SolapiProvider) -> list[DeliveryStatusResult | None]:
+        return await asyncio.gather(*(p.get_delivery_status(query(m)) for m in ("M1", "M1")))
+
+    with make(fake) as p:
+        results = asyncio.run(main(p))
+    assert [r.status for r in results if r is not None] == ["DELIVERED", "DELIVERED"]
+    assert [r.query for r in fake.requests] == [{"limit": "1", "messageId": "M1"}]
+
+
+def test_a_bad_id_fails_alone(fake: FakeSolapi) -> None:
+    fake.add("M1", "4000")
+    fake.add("M2", "3000")
+
+    async def main(p: SolapiProvider) -> list[Any]:
+        checks = (p.get_delivery_status(query(m)) for m in ("M1", "bad id!", "M2"))
+        return await asyncio.gather(*checks, return_exceptions=True)
+
+    with make(fake) as p:
+        one, bad, two = asyncio.run(main(p))
+    assert isinstance(one, DeliveryStatusResult)
+    assert isinstance(two, DeliveryStatusResult)
+    assert (one.status, two.status) == ("DELIVERED", "SENT")
+    assert isinstance(bad, ProviderError)
+    assert (bad.code, bad.retryable) == ("INVALID_REQUEST", False)
+    assert "ValidationError" in bad.message
+    asked = [r.query.get("messageIds") or r.query["messageId"] for r in fake.requests]
+    assert asked[0] == ["M1", "bad id!", "M2"]  # the batch, refused; then one by one
+    assert sorted(asked[1:]) == ["M1", "M2", "bad id!"]
+
+
+def test_a_gateway_ignoring_message_ids_never_lends_another_answer(
+    fake: FakeSolapi, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.add("M1", "3104", reason="카카오톡 미사용자")
+    fake.add("M2", "4000")
+    fake.ignore_message_ids = True  # lists its first messages whatever was asked
+
+    async def main(p: SolapiProvider, pmids: list[str]) -> list[DeliveryStatusResult | None]:
+        return await asyncio.gather(*(p.get_delivery_status(query(m)) for m in pmids))
+
+    with make(fake) as p:
+        mine, new = asyncio.run(main(p, ["M2", "M-NEW"]))
+        assert mine is not None
+        assert (mine.provider_message_id, mine.status) == ("M2", "DELIVERED")
+        assert new is None  # asked again on its own: not listed yet, not M1's failure
+        assert "one message id per request" in caplog.text
+        fake.requests.clear()
+        again = asyncio.run(main(p, ["M1", "M2"]))
+    assert [r.status for r in again if r is not None] == ["FAILED", "DELIVERED"]
+    assert [r.query.get("messageId") for r in fake.requests] == ["M1", "M2"]
+
+
+def test_batches_follow_next_key_pages(fake: FakeSolapi) -> None:
+    fake.add("M4", "4000")
+    fake.add("M5", "3000", processed=T0)
+    fake.second_page.add("M5")
+
+    async def main(p: SolapiProvider) -> list[DeliveryStatusResult | None]:
+        return await asyncio.gather(*(p.get_delivery_status(query(m)) for m in ("M4", "M5")))
+
+    with make(fake) as p:
+        four, five = asyncio.run(main(p))
+    assert four is not None
+    assert five is not None
+    assert (four.status, five.status) == ("DELIVERED", "SENT")
+    assert [r.query.get("startKey") for r in fake.requests] == [None, "NKM5"]
+    assert all(r.query["messageIds"] == ["M4", "M5"] for r in fake.requests)
+
+
+def test_a_batch_outage_reaches_every_check_as_its_own_error(fake: FakeSolapi) -> None:
+    page = html_page(503, "Service Temporarily Unavailable")
+    fake.script(Fault(status=503, body=page), Fault(status=503, body=page))
+
+    async def main(p: SolapiProvider) -> list[Any]:
+        checks = (p.get_delivery_status(query(f"M{i}")) for i in range(3))
+        return await asyncio.gather(*checks, return_exceptions=True)
+
+    with make(fake) as p:
+        errors = asyncio.run(main(p))
+    assert all(isinstance(e, ProviderError) for e in errors)
+    assert {(e.code, e.retryable) for e in errors} == {("NETWORK_SERVICE_UNAVAILABLE", True)}
+    assert len({id(e) for e in errors}) == 3
+    assert len(fake.requests) == 2  # the batch and its one retry
+
+
+def test_a_check_that_gives_up_leaves_its_batch_alone(fake: FakeSolapi) -> None:
+    for i in (1, 2, 3):
+        fake.add(f"M{i}", "4000")
+    fake.script(Fault(kind="hang"))
+
+    async def main(p: SolapiProvider) -> list[Any]:
+        async def impatient() -> DeliveryStatusResult | None:
+            async with asyncio.timeout(0.1):
+                return await p.get_delivery_status(query("M1"))
+
+        tasks = [
+            asyncio.create_task(impatient()),
+            asyncio.create_task(p.get_delivery_status(query("M2"))),
+            asyncio.create_task(p.get_delivery_status(query("M3"))),
+        ]
+        await asyncio.wait(tasks[:1])
+        fake.release()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    with make(fake) as p:
+        gave_up, two, three = asyncio.run(main(p))
+    assert isinstance(gave_up, TimeoutError)
+    assert isinstance(two, DeliveryStatusResult)
+    assert isinstance(three, DeliveryStatusResult)
+    assert len(fake.requests) == 1
+
+
+def test_a_batch_keeps_its_request_line_short(fake: FakeSolapi) -> None:
+    pmids = [f"M4V{i:057d}" for i in range(200)]  # 60 characters each
+    for pmid in pmids:
+        fake.add(pmid, "4000")
+
+    async def main(p: SolapiProvider) -> list[DeliveryStatusResult | None]:
+        return await asyncio.gather(*(p.get_delivery_status(query(m)) for m in pmids))
+
+    with make(fake, batch_size=500) as p:
+        results = asyncio.run(main(p))
+    assert all(r is not None and r.status == "DELIVERED" for r in results)
+    sizes = sorted(len(r.query["messageIds"]) for r in fake.requests)
+    assert sum(sizes) == 200
+    assert len(sizes) == 3  # about 6,000 characters of ids per request
+    assert max(sizes) * 72 < 6100
+
+
+def test_batch_size_is_validated() -> None:
+    with pytest.raises(InvalidRecordError, match=r"solapi\.batch_size"):
+        SolapiProvider(SOLAPI_KEY, SOLAPI_SECRET, batch_size=0)
+    with pytest.raises(InvalidRecordError, match=r"solapi\.batch_size"):
+        SolapiProvider(SOLAPI_KEY, SOLAPI_SECRET, batch_size=501)
 
 
 # --------------------------------------------------------------------------- authentication
@@ -420,7 +593,7 @@ def test_rate_limit_spaces_requests(fake: FakeSolapi) -> None:
     async def burst(p: SolapiProvider) -> None:
         await asyncio.gather(*(p.get_delivery_status(query(f"M{i}")) for i in range(21)))
 
-    with make(fake, rate_limit=200.0, burst=1) as p:
+    with make(fake, rate_limit=200.0, burst=1, batch_size=1) as p:  # one request per check
         started = time.perf_counter()
         asyncio.run(burst(p))
         took = time.perf_counter() - started
@@ -473,6 +646,121 @@ def test_rate_limiter_waiters_are_served_in_order() -> None:
     assert took >= 10 / 200 - 0.005
 
 
+def test_rate_limiter_hands_out_groups_and_keeps_the_bound() -> None:
+    bucket = RateLimiter(1000.0, burst=10)  # wakes for 2 tokens at a time
+    sent: list[float] = []
+    ran = []
+
+    async def main() -> None:
+        async def one(i: int) -> None:
+            await bucket.acquire(lambda: sent.append(time.monotonic()))
+            ran.append(i)
+
+        await asyncio.gather(*(one(i) for i in range(300)))
+
+    asyncio.run(main())
+    assert ran == list(range(300))  # first come, first served
+    assert sent == sorted(sent)
+    assert sent[-1] - sent[0] >= (300 - 10) / 1000 - 1e-6
+    j = 0
+    for i, t in enumerate(sent):  # any 100 ms holds at most burst + rate * 0.1
+        while sent[j] <= t - 0.1:
+            j += 1
+        assert i - j + 1 <= 10 + 100
+
+
+def test_rate_limiter_then_failure_reaches_its_caller_only() -> None:
+    bucket = RateLimiter(500.0, burst=1)
+
+    def broken() -> None:
+        raise ConnectionResetError("gone")
+
+    async def main() -> list[Any]:
+        takes = (bucket.acquire(), bucket.acquire(broken), bucket.acquire())
+        return list(await asyncio.gather(*takes, return_exceptions=True))
+
+    assert [type(r) for r in asyncio.run(main())] == [type(None), ConnectionResetError, type(None)]
+
+
+class _Wire:
+    """A transport that keeps what is written (for feeding a connection by hand)."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(
+    ("answer", "body", "keep"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", b"hello", True),
+        (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+            b"\r\n3;x=y\r\nhel\r\n2\r\nlo\r\n0\r\nX-T: 1\r\n\r\n",
+            b"hello",
+            True,
+        ),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", b"ok", False),
+        (b"HTTP/1.0 204 No Content\r\n\r\n", b"", False),
+    ],
+)
+def test_answers_arriving_a_byte_at_a_time(answer: bytes, body: bytes, keep: bool) -> None:
+    async def main() -> tuple[Any, bool]:
+        conn = _Conn()
+        wire = _Wire()
+        conn.connection_made(wire)  # type: ignore[arg-type]
+        waiter: asyncio.Future[HttpResponse] = asyncio.get_running_loop().create_future()
+        conn.expect(waiter, head_request=False)
+        conn.send(b"GET / HTTP/1.1\r\n\r\n", 10.0)
+        for i in range(len(answer)):
+            assert not waiter.done()
+            conn.data_received(answer[i : i + 1])
+        return waiter.result(), conn.keep
+
+    response, kept = asyncio.run(main())
+    assert (response.status, response.body, kept) == (204 if not body else 200, body, keep)
+
+
+def test_answer_until_close_and_broken_framing() -> None:
+    async def main() -> tuple[Any, Any, Any]:
+        loop = asyncio.get_running_loop()
+        answers: list[Any] = []
+        for data in (b"HTTP/1.0 200 OK\r\n\r\n{}", b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"):
+            conn = _Conn()
+            conn.connection_made(_Wire())  # type: ignore[arg-type]
+            waiter: asyncio.Future[HttpResponse] = loop.create_future()
+            conn.expect(waiter, head_request=False)
+            conn.send(b"GET / HTTP/1.1\r\n\r\n", 10.0)
+            conn.data_received(data)
+            conn.eof_received()
+            conn.connection_lost(None)
+            answers.append(waiter.exception() or waiter.result())
+        conn = _Conn()
+        conn.connection_made(_Wire())  # type: ignore[arg-type]
+        waiter = loop.create_future()
+        conn.expect(waiter, head_request=False)
+        conn.send(b"GET / HTTP/1.1\r\n\r\n", 10.0)
+        conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\npart")
+        conn.connection_lost(ConnectionResetError())
+        answers.append(waiter.exception() or waiter.result())
+        return answers[0], answers[1], answers[2]
+
+    whole, broken, cut = asyncio.run(main())
+    assert (whole.status, whole.body) == (200, b"{}")
+    assert type(broken).__name__ == "_Malformed"
+    assert type(cut).__name__ == "_Lost"
+    assert cut.received
+
+
 def test_client_refuses_header_injection_and_bad_urls(fake: FakeSolapi) -> None:
     client = HttpClient(fake.url, gateway="X", settings=FAST)
     with pytest.raises(ProviderError) as info:
@@ -522,7 +810,7 @@ def test_config_from_toml_env_and_kwargs(tmp_path: Path) -> None:
     path = tmp_path / "gateways.toml"
     path.write_text(
         '[polling]\nconcurrency = 8\n\n[solapi]\napi_key = "FILEKEY"\n'
-        'api_secret_env = "MY_SOLAPI_SECRET"\nrate_limit = 20\ntimeout = 3\n'
+        'api_secret_env = "MY_SOLAPI_SECRET"\nrate_limit = 20\ntimeout = 3\nbatch_size = 40\n'
         "\n[iwinv]\nenabled = false\n",
         encoding="utf-8",
     )
@@ -543,6 +831,9 @@ def test_config_from_toml_env_and_kwargs(tmp_path: Path) -> None:
     assert given.solapi.api_key.reveal() == "ARGKEY"
     providers = cfg.build_providers()
     assert [p.id for p in providers] == ["solapi"]
+    assert cfg.solapi.batch_size == 40
+    assert isinstance(providers[0], SolapiProvider)
+    assert providers[0].batch_size == 40
     for p in providers:
         p.close()
 

@@ -2,7 +2,8 @@
 
 :class:`SolapiProvider` and :class:`IwinvProvider` answer ``get_delivery_status``
 (``async``) from the gateways' HTTP APIs, with timeouts, pooled keep-alive connections,
-a rate limit per endpoint and errors classified for retrying (:mod:`._http`).
+a rate limit per endpoint and errors classified for retrying (:mod:`._http`); SOLAPI
+asks the checks that run at the same time in one request.
 :func:`load_gateways_config` reads their settings from keyword arguments, a
 ``gateways.toml`` or the environment; :func:`capture_send` turns a gateway's send answer
 into ``record_send`` input.

@@ -1,9 +1,10 @@
 """The HTTP layer shared by the gateway clients: pooled keep-alive connections, timeouts,
 a per-endpoint rate limit, retries of transient failures, and error classification.
 
-It is a small HTTP/1.1 client on :mod:`asyncio` streams (standard library only), made for
-the polling runner, which calls ``async`` providers on its event loop: no thread per
-request, and one check costs a few tens of microseconds of Python. Connections belong
+It is a small HTTP/1.1 client on :mod:`asyncio` protocols (an answer is framed as its
+bytes arrive, with one future per request; JSON through :mod:`orjson`), made for the
+polling runner, which calls ``async`` providers on its event loop: no thread per
+request, and a request costs a few tens of microseconds of Python. Connections belong
 to the event loop that opened them; each loop gets its own pool, closed when the loop
 shuts down (``asyncio.run`` and the runner's loop both finalise async generators, which
 is the hook used) or by :meth:`HttpClient.close`.
@@ -45,8 +46,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
-from typing import Any, Self
+from functools import partial
+from typing import Any, NoReturn, Self
 from urllib.parse import quote, urlsplit
+
+import orjson
 
 from .._errors import InvalidRecordError
 from .._providers import ProviderError
@@ -62,6 +66,7 @@ __all__ = [
     "Secret",
     "http_error",
     "korea_time",
+    "loads_json",
     "parse_gateway_time",
 ]
 
@@ -159,7 +164,8 @@ class HttpSettings:
     Parameters
     ----------
     timeout
-        Seconds one request may take from sending to the last byte of the answer.
+        Seconds one request may take from sending to the last byte of the answer
+        (watched every ``timeout / 4``, at most every 0.25 s).
     connect_timeout
         Seconds to open a connection (TCP and TLS).
     rate_limit
@@ -233,14 +239,34 @@ def _positive(value: object, name: str) -> None:
 # --------------------------------------------------------------------------- rate limit
 
 
+_GROUP_SPAN = 0.002  # seconds of tokens a busy limiter hands out per wake-up
+
+
+class _Waiters:
+    """The requests of one event loop waiting for a token, and the timer that serves them."""
+
+    __slots__ = ("loop", "queue", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        # (the caller's future, what to do with the token, whether to resolve the future)
+        self.queue: deque[tuple[asyncio.Future[Any], Callable[[], object] | None, bool]] = deque()
+        self.timer: asyncio.TimerHandle | asyncio.Handle | None = None
+
+
 class RateLimiter:
     """A token bucket (GCRA) shared by every thread and event loop of one endpoint.
 
     A request takes its token at the moment it is written, never before, so at most
     ``burst + rate * t`` requests go out in any span of ``t`` seconds, however late a
     busy event loop wakes the waiters. Waiters on one loop are served first come, first
-    served, and only the first of them sleeps on a timer. :meth:`pause_until` holds
-    every request back until a time the gateway asked for (``Retry-After``).
+    served by one timer: each time it fires it hands out every token that is due, so
+    a busy loop loses no tokens to waking waiters one by one. At high rates the timer
+    waits for a few tokens at a time (about 2 ms worth, at most a quarter of the
+    bucket, so a loop late by the rest of the bucket still loses none), waking once
+    per group of requests rather than per request; the bucket still bounds every
+    window. :meth:`pause_until` holds every request back until a time the gateway
+    asked for (``Retry-After``).
 
     Examples
     --------
@@ -261,13 +287,12 @@ class RateLimiter:
         self.burst = max(1, int(burst))
         self._interval = 1.0 / self.rate
         self._tolerance = (self.burst - 1) * self._interval
+        self._group = max(1, min(round(self.rate * _GROUP_SPAN), self.burst // 4))
         self._clock = clock
         self._tat = -math.inf  # theoretical arrival time of the next request
         self._paused_until = -math.inf
         self._lock = threading.Lock()
-        self._queues: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, deque[asyncio.Future[None]]
-        ] = weakref.WeakKeyDictionary()
+        self._waiters: dict[int, _Waiters] = {}  # by id(loop); entries check their loop
 
     def __repr__(self) -> str:
         return f"RateLimiter(rate={self.rate:g}/s, burst={self.burst})"
@@ -282,28 +307,82 @@ class RateLimiter:
             self._tat = max(self._tat, now) + self._interval
             return 0.0
 
-    async def acquire(self) -> None:
-        """Wait for a token (first come, first served on this event loop) and take it."""
+    async def acquire(self, then: Callable[[], object] | None = None) -> None:
+        """Wait for a token (first come, first served on this event loop) and take it.
+
+        ``then`` is called at the very moment the token is taken, before anything else
+        runs on the loop (the HTTP client writes its request there); if it raises, so
+        does :meth:`acquire`. A caller cancelled after its token was taken has had its
+        ``then`` called.
+        """
         loop = asyncio.get_running_loop()
-        queue = self._queues.get(loop)
-        if queue is None:
-            with self._lock:
-                queue = self._queues.setdefault(loop, deque())
-        if not queue and self.try_take() == 0.0:
+        waiters = self._waiters.get(id(loop))
+        if waiters is None or waiters.loop is not loop:
+            waiters = self._waiters_of(loop)
+        if not waiters.queue and self.try_take() == 0.0:
+            if then is not None:
+                then()
             return
         me: asyncio.Future[None] = loop.create_future()
-        queue.append(me)
-        try:
-            if queue[0] is not me:
-                await me  # the waiter ahead hands over when it has its token
-            while (wait := self.try_take()) > 0.0:
-                await asyncio.sleep(wait)
-        finally:
-            head = bool(queue) and queue[0] is me
-            with contextlib.suppress(ValueError):
-                queue.remove(me)
-            if head and queue and not queue[0].done():
-                queue[0].set_result(None)
+        waiters.queue.append((me, then, True))
+        if waiters.timer is None:
+            waiters.timer = loop.call_soon(self._serve, waiters)
+        await me
+
+    def submit(self, waiter: asyncio.Future[Any], then: Callable[[], object]) -> None:
+        """Call ``then`` when its token is taken, without waiting for it here.
+
+        ``waiter`` is the caller's own future (the HTTP client's answer, which ``then``
+        asks for): while it is pending the caller holds its turn, once it is done
+        (cancelled) the turn passes on, and an error raised by ``then`` goes into it.
+        When a token is free and nobody is waiting, ``then`` runs at once (its error
+        raised here). Saves :meth:`acquire`'s wake-up of the caller between the token
+        and the answer.
+        """
+        loop = waiter.get_loop()
+        waiters = self._waiters.get(id(loop))
+        if waiters is None or waiters.loop is not loop:
+            waiters = self._waiters_of(loop)
+        if not waiters.queue and self.try_take() == 0.0:
+            then()
+            return
+        waiters.queue.append((waiter, then, False))
+        if waiters.timer is None:
+            waiters.timer = loop.call_soon(self._serve, waiters)
+
+    def _waiters_of(self, loop: asyncio.AbstractEventLoop) -> _Waiters:
+        with self._lock:
+            waiters = self._waiters.get(id(loop))
+            if waiters is None or waiters.loop is not loop or loop.is_closed():
+                for key, old in list(self._waiters.items()):  # forget closed loops
+                    if old.loop.is_closed():
+                        del self._waiters[key]
+                waiters = self._waiters[id(loop)] = _Waiters(loop)
+            return waiters
+
+    def _serve(self, waiters: _Waiters) -> None:
+        """Hand out every token due now, in turn; wake again when the next one is."""
+        waiters.timer = None
+        queue = waiters.queue
+        while queue:
+            me, then, resolve = queue[0]
+            if me.done():  # cancelled while waiting: its turn passes on
+                queue.popleft()
+                continue
+            wait = self.try_take()
+            if wait > 0.0:  # wake when a group of tokens is due (the bucket keeps them)
+                wait += (min(self._group, len(queue)) - 1) * self._interval
+                waiters.timer = waiters.loop.call_later(wait, self._serve, waiters)
+                return
+            queue.popleft()
+            if then is not None:
+                try:
+                    then()
+                except Exception as err:  # (the token stays taken: never more than the bound)
+                    me.set_exception(err)
+                    continue
+            if resolve:
+                me.set_result(None)
 
     def paused_for(self) -> float:
         """Seconds until a gateway-requested pause ends (0 when there is none)."""
@@ -332,8 +411,7 @@ class HttpResponse:
 
     def json(self) -> Any:
         """The body as JSON; raises ``ValueError`` when it is not JSON."""
-        text = self.body.decode("utf-8-sig")
-        return json.loads(text)
+        return loads_json(self.body)
 
     def text_snippet(self, limit: int = _SNIPPET) -> str:
         """The start of the body as one line of text (for error messages)."""
@@ -422,9 +500,33 @@ def http_error(
     return ProviderError("PROVIDER_ERROR", detail, retryable=True)
 
 
+def loads_json(body: bytes) -> Any:
+    """JSON bytes (UTF-8, a BOM allowed) as Python data; ``ValueError`` when not JSON.
+
+    :mod:`orjson` first (a status answer is parsed per check); the standard library for
+    what it refuses and the JSON module takes (``NaN``). Integers beyond 64 bits come
+    back as floats (no gateway id is that long; a lookup compares ids as text, so a
+    changed one matches nothing rather than another message).
+
+    Examples
+    --------
+    >>> loads_json(b'\\xef\\xbb\\xbf{"code": 200, "rate": NaN}')
+    {'code': 200, 'rate': nan}
+    """
+    if body[:3] == _BOM:
+        body = body[3:]
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body.decode("utf-8"))
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
 def _looks_json(body: bytes) -> bool:
     try:
-        json.loads(body.decode("utf-8-sig"))
+        loads_json(body)
     except ValueError:
         return False
     return True
@@ -440,41 +542,310 @@ def not_json_error(response: HttpResponse, gateway: str, secrets: Iterable[str])
 
 # --------------------------------------------------------------------------- connections
 
+# what a connection is reading
+_IDLE, _HEAD, _LENGTH, _CHUNKED, _TRAILERS, _UNTIL_CLOSE = range(6)
 
-class _Conn:
-    __slots__ = ("idle_since", "reader", "used", "writer")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+class _Stale(Exception):
+    """A reused connection was closed by the server before it answered."""
+
+
+class _Lost(Exception):
+    """The connection closed (or failed) before the answer was complete."""
+
+    def __init__(self, received: bool, cause: BaseException | None) -> None:
+        super().__init__()
+        self.received = received
+        self.cause = cause
+
+
+class _Malformed(Exception):
+    """The answer is not HTTP/1.x as we can read it."""
+
+
+class _Expired(Exception):
+    """The request's timeout passed before the last byte of the answer."""
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection: sends a request and parses its answer as bytes arrive.
+
+    A :class:`asyncio.Protocol` rather than streams: the answer is framed (status line,
+    headers, ``Content-Length``, chunked or until close) in :meth:`data_received`,
+    usually in one call, and handed over through one future per request.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[HttpResponse] | None = None
+        self.state = _IDLE
+        self.closed = False
+        self.sent = False  # the current request's bytes went out
+        self.received = False  # some of its answer came back
+        self.keep = False  # the connection may carry another request
+        self.answered = 0
         self.idle_since = time.monotonic()
-        self.used = 0
+        self.started = 0.0
+        self.deadline = math.inf  # time.monotonic() by which the answer must be complete
+        self.head_request = False
+        self.status = 0
+        self.reason = ""
+        self.headers: dict[str, str] = {}
+        self.version = ""
+        self.remaining = 0
+        self.size = 0
+        self.chunks: list[bytes] = []
+
+    # ------------------------------------------------------------------ protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done() or self.state == _IDLE:
+            self.close()  # bytes nobody asked for: the connection cannot be trusted
+            return
+        self.received = True
+        self.buf += data
+        try:
+            self._advance()
+        except ValueError as err:
+            self._fail(_Malformed(str(err)))
+
+    def eof_received(self) -> bool | None:
+        if self.state == _UNTIL_CLOSE:
+            self._finish(bytes(self.buf), keep=False)
+        return None  # the transport closes itself: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        if self.state == _UNTIL_CLOSE and exc is None:
+            self._finish(bytes(self.buf), keep=False)
+        elif self.answered and not self.received:
+            waiter.set_exception(_Stale())
+        else:
+            waiter.set_exception(_Lost(self.received, exc))
+
+    # ------------------------------------------------------------------ requests
 
     def usable(self) -> bool:
+        transport = self.transport
         return (
-            not self.writer.is_closing()
-            and not self.reader.at_eof()
+            not self.closed
+            and transport is not None
+            and not transport.is_closing()
+            and not self.buf
             and time.monotonic() - self.idle_since < _IDLE_KEEPALIVE
         )
 
+    def expect(self, waiter: asyncio.Future[HttpResponse], head_request: bool) -> None:
+        """Get ready to read the answer to the next request into ``waiter``."""
+        self.waiter = waiter
+        self.state = _HEAD
+        self.head_request = head_request
+        self.sent = self.received = self.keep = False
+        self.deadline = math.inf
+
+    def send(self, payload: bytes, timeout: float) -> None:
+        """Write a request (called the moment its rate-limit token is taken)."""
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            raise _Stale if self.answered else _Lost(False, None)
+        self.sent = True
+        self.started = time.perf_counter()
+        self.deadline = time.monotonic() + timeout
+        transport.write(payload)
+
+    def expire(self) -> None:
+        """The request's timeout: fail it and drop the connection."""
+        self._fail(_Expired())
+
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
+        self.closed = True
+        self.state = _IDLE
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.close()
+
+    # ------------------------------------------------------------------ parsing
+
+    def _advance(self) -> None:
+        buf = self.buf
+        while True:
+            state = self.state
+            if state == _HEAD:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buf) > _MAX_HEAD:
+                        raise ValueError(f"the answer's headers exceed {_MAX_HEAD} bytes")
+                    return
+                status, reason, headers, version = _parse_head(buf[: end + 4])
+                del buf[: end + 4]
+                if 100 <= status < 200 and status != 101:
+                    continue  # an interim answer
+                self.status, self.reason, self.headers, self.version = (
+                    status,
+                    reason,
+                    headers,
+                    version,
+                )
+                if self.head_request or status in (204, 304):
+                    self._finish(b"", keep=not buf and self._keep_alive())
+                    return
+                coding = headers.get("transfer-encoding")
+                if coding is not None and "chunked" in coding.lower():
+                    self.state, self.remaining, self.size, self.chunks = _CHUNKED, -1, 0, []
+                    continue
+                length = headers.get("content-length")
+                if length is None:
+                    self.state = _UNTIL_CLOSE
+                    continue
+                n = int(length)
+                if n < 0 or n > _MAX_BODY:
+                    raise ValueError(f"Content-Length {n} out of range")
+                self.state, self.remaining = _LENGTH, n
+            elif state == _LENGTH:
+                n = self.remaining
+                if len(buf) < n:
+                    return
+                body = bytes(buf[:n])
+                del buf[:n]
+                self._finish(body, keep=not buf and self._keep_alive())
+                return
+            elif state == _CHUNKED:
+                if self.remaining < 0:  # a size line
+                    eol = buf.find(b"\r\n")
+                    if eol < 0:
+                        if len(buf) > _MAX_HEAD:
+                            raise ValueError("a chunk size line that never ends")
+                        return
+                    size = int(bytes(buf[:eol]).split(b";", 1)[0].strip() or b"x", 16)
+                    del buf[: eol + 2]
+                    if size == 0:
+                        self.state = _TRAILERS
+                        continue
+                    self.size += size
+                    if self.size > _MAX_BODY:
+                        raise ValueError(f"body larger than {_MAX_BODY} bytes")
+                    self.remaining = size
+                if len(buf) < self.remaining + 2:
+                    return
+                self.chunks.append(bytes(buf[: self.remaining]))
+                del buf[: self.remaining + 2]
+                self.remaining = -1
+            elif state == _TRAILERS:
+                if buf[:2] == b"\r\n":
+                    del buf[:2]
+                else:
+                    end = buf.find(b"\r\n\r\n")
+                    if end < 0:
+                        if len(buf) > _MAX_HEAD:
+                            raise ValueError(f"trailers exceed {_MAX_HEAD} bytes")
+                        return
+                    del buf[: end + 4]
+                self._finish(b"".join(self.chunks), keep=not buf and self._keep_alive())
+                return
+            else:  # _UNTIL_CLOSE
+                if len(buf) > _MAX_BODY:
+                    raise ValueError(f"body larger than {_MAX_BODY} bytes")
+                return
+
+    def _keep_alive(self) -> bool:
+        connection = self.headers.get("connection", "").lower()
+        if "close" in connection:
+            return False
+        return self.version != "HTTP/1.0" or "keep-alive" in connection
+
+    def _finish(self, body: bytes, *, keep: bool) -> None:
+        self.state = _IDLE
+        self.keep = keep
+        self.answered += 1
+        waiter = self.waiter
+        self.waiter = None
+        response = HttpResponse(
+            self.status, self.reason, self.headers, body, time.perf_counter() - self.started
+        )
+        if waiter is not None and not waiter.done():
+            waiter.set_result(response)
+
+    def _fail(self, err: Exception) -> None:
+        waiter = self.waiter
+        self.waiter = None
+        self.keep = False
+        self.close()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(err)
 
 
 class _LoopPool:
-    """The connections of one client on one event loop."""
+    """The connections of one client on one event loop, and its free connection slots."""
 
     def __init__(self, client: HttpClient, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.idle: list[_Conn] = []
         self.busy: set[_Conn] = set()
-        self.slots = asyncio.Semaphore(client.settings.max_connections)
+        self.free = client.settings.max_connections
+        self.slot_waiters: deque[asyncio.Future[None]] = deque()
         self.guard: AsyncIterator[None] | None = None
         self.closed = False
+        # one timer for the timeouts of every request in flight (a timer per request
+        # would cost more than the rest of the bookkeeping)
+        self.tick = min(client.settings.timeout / 4, 0.25)
+        self.watchdog: asyncio.TimerHandle | None = None
+
+    def watch(self) -> None:
+        """Make sure the timeouts of the requests in flight are being watched."""
+        if self.watchdog is None and not self.closed:
+            self.watchdog = self.loop.call_later(self.tick, self._sweep)
+
+    def _sweep(self) -> None:
+        """Fail the requests past their deadline; come back while any are in flight."""
+        self.watchdog = None
+        now = time.monotonic()
+        for conn in [c for c in self.busy if c.deadline <= now]:
+            conn.expire()
+        if self.busy:
+            self.watch()
+
+    async def wait_slot(self) -> None:
+        """Wait for a connection slot (first come, first served)."""
+        me: asyncio.Future[None] = self.loop.create_future()
+        self.slot_waiters.append(me)
+        try:
+            await me
+        except asyncio.CancelledError:
+            if me.done() and not me.cancelled():  # handed a slot, then cancelled
+                self.give_slot()
+            raise
+
+    def give_slot(self) -> None:
+        waiters = self.slot_waiters
+        while waiters:
+            me = waiters.popleft()
+            if not me.done():
+                me.set_result(None)
+                return
+        self.free += 1
+
+    def checkout(self) -> _Conn | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.usable():
+                return conn
+            conn.close()
+        return None
 
     def close_all(self) -> None:
         self.closed = True
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         for conn in [*self.idle, *self.busy]:
             conn.close()
         self.idle.clear()
@@ -496,8 +867,8 @@ async def _settle() -> None:
     await asyncio.sleep(0)
 
 
-class _StaleConnection(Exception):
-    """A reused connection was closed by the server before it answered."""
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_DEFAULT_CONTENT_TYPE = "Content-Type: application/json;charset=UTF-8\r\n"
 
 
 class HttpClient:
@@ -559,6 +930,10 @@ class HttpClient:
         self._paused_until = -math.inf  # time.monotonic() before which nothing is sent
         self._pools: dict[int, _LoopPool] = {}
         self._pools_lock = threading.Lock()
+        self._fixed_headers = (
+            f"Host: {self.host_header}\r\nUser-Agent: {USER_AGENT}\r\n"
+            "Accept: application/json\r\nAccept-Encoding: identity\r\nConnection: keep-alive\r\n"
+        )
         self.requests_sent = 0
 
     def __repr__(self) -> str:
@@ -567,12 +942,8 @@ class HttpClient:
 
     # ------------------------------------------------------------------ pool
 
-    async def _pool(self) -> _LoopPool:
-        loop = asyncio.get_running_loop()
+    async def _new_pool(self, loop: asyncio.AbstractEventLoop) -> _LoopPool:
         key = id(loop)
-        pool = self._pools.get(key)
-        if pool is not None and pool.loop is loop and not pool.closed:
-            return pool
         pool = _LoopPool(self, loop)
         with self._pools_lock:
             old = self._pools.get(key)
@@ -589,15 +960,15 @@ class HttpClient:
             if self._pools.get(id(pool.loop)) is pool:
                 del self._pools[id(pool.loop)]
 
-    async def _connect(self) -> _Conn:
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Conn:
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
-                reader, writer = await asyncio.open_connection(
+                _, conn = await loop.create_connection(
+                    _Conn,
                     self.host,
                     self.port,
                     ssl=self._ssl,
                     server_hostname=self.host if self._ssl is not None else None,
-                    limit=_MAX_HEAD,
                 )
         except TimeoutError:
             msg = (
@@ -611,7 +982,7 @@ class HttpClient:
         except OSError as err:
             msg = f"{self.gateway}: cannot connect to {self.host_header} ({_os_reason(err)})"
             raise ProviderError("NETWORK_ERROR", msg, retryable=True) from None
-        return _Conn(reader, writer)
+        return conn
 
     async def aclose(self) -> None:
         """Close this client's connections on the running loop (others: see :meth:`close`)."""
@@ -661,10 +1032,27 @@ class HttpClient:
     # ------------------------------------------------------------------ requests
 
     def url(self, path: str, query: Mapping[str, Any] | None = None) -> str:
-        """The request target: prefix, path and the encoded query."""
+        """The request target: prefix, path and the encoded query.
+
+        A list or tuple value repeats its key (``messageIds=a&messageIds=b``).
+
+        Examples
+        --------
+        >>> HttpClient("https://api.example.com/v1", gateway="X").url(
+        ...     "/list", {"limit": 2, "ids": ["a b", "c"], "startKey": None})
+        '/v1/list?limit=2&ids=a%20b&ids=c'
+        """
         target = self.prefix + path
         if query:
-            pairs = [f"{_q(str(k))}={_q(str(v))}" for k, v in query.items() if v is not None]
+            pairs: list[str] = []
+            for k, v in query.items():
+                if v is None:
+                    continue
+                key = _q(str(k))
+                if isinstance(v, list | tuple):
+                    pairs.extend(f"{key}={_q(str(item))}" for item in v)
+                else:
+                    pairs.append(f"{key}={_q(str(v))}")
             if pairs:
                 target += "?" + "&".join(pairs)
         return target
@@ -685,7 +1073,7 @@ class HttpClient:
         network failures and timeouts raise a retryable :class:`ProviderError`.
         """
         target = self.url(path, query)
-        body = b"" if json_body is None else json.dumps(json_body, ensure_ascii=False).encode()
+        body = b"" if json_body is None else _dumps(json_body)
         settings = self.settings
         attempt = 0
         while True:
@@ -695,7 +1083,7 @@ class HttpClient:
             extra = headers() if callable(headers) else headers
             head = self._head(method, target, extra, body, json_body is not None)
             try:
-                response = await self._send(head + body, method)
+                response = await self._send(head + body if body else head, method)
             except ProviderError as err:
                 if err.code != "NETWORK_ERROR" or attempt >= settings.max_retries:
                     raise
@@ -705,7 +1093,9 @@ class HttpClient:
                 await asyncio.sleep(delay)
                 continue
             status = response.status
-            wait: float | None
+            if status < 429:
+                return response
+            wait: float
             if status in (429, 503):
                 retry_after = response.retry_after()
                 if retry_after is not None:
@@ -741,6 +1131,8 @@ class HttpClient:
 
     def _check_pause(self) -> float:
         """Seconds left of a ``Retry-After`` pause; fails at once when that is too long."""
+        if self._paused_until == -math.inf:
+            return 0.0
         paused = self._paused_until - time.monotonic()
         if paused > self.settings.max_retry_wait:
             msg = (
@@ -758,54 +1150,65 @@ class HttpClient:
         body: bytes,
         has_body: bool,
     ) -> bytes:
-        lines = [
-            f"{method} {target} HTTP/1.1",
-            f"Host: {self.host_header}",
-            f"User-Agent: {USER_AGENT}",
-            "Accept: application/json",
-            "Accept-Encoding: identity",
-            "Connection: keep-alive",
-        ]
-        names = set()
-        for name, value in (extra or {}).items():
-            if any(c in name or c in value for c in "\r\n\0"):
-                msg = f"header {name!r} holds a line break; refusing to send it"
-                raise ProviderError("INVALID_REQUEST", scrub(msg, self.secrets), retryable=False)
-            names.add(name.lower())
-            lines.append(f"{name}: {value}")
-        if has_body or method in ("POST", "PUT", "PATCH"):
-            if "content-type" not in names:
-                lines.append("Content-Type: application/json;charset=UTF-8")
-            lines.append(f"Content-Length: {len(body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+        parts = [method, " ", target, " HTTP/1.1\r\n", self._fixed_headers]
+        typed = False
+        if extra:
+            lines = [f"{name}: {value}\r\n" for name, value in extra.items()]
+            block = "".join(lines)
+            n = len(lines)
+            if block.count("\n") != n or block.count("\r") != n or "\0" in block:
+                self._refuse_header(extra)
+            parts.append(block)
+            typed = any(name.lower() == "content-type" for name in extra)
+        if has_body or method in _BODY_METHODS:
+            if not typed:
+                parts.append(_DEFAULT_CONTENT_TYPE)
+            parts.append(f"Content-Length: {len(body)}\r\n")
+        parts.append("\r\n")
+        return "".join(parts).encode("utf-8")
+
+    def _refuse_header(self, extra: Mapping[str, str]) -> NoReturn:
+        name = next(
+            (k for k, v in extra.items() if any(c in k or c in v for c in "\r\n\0")), "<header>"
+        )
+        msg = f"header {name!r} holds a line break; refusing to send it"
+        raise ProviderError("INVALID_REQUEST", scrub(msg, self.secrets), retryable=False)
 
     async def _send(self, payload: bytes, method: str) -> HttpResponse:
-        pool = await self._pool()
-        started = time.perf_counter()
-        async with pool.slots:
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(id(loop))
+        if pool is None or pool.loop is not loop or pool.closed:
+            pool = await self._new_pool(loop)
+        if pool.free > 0 and not pool.slot_waiters:
+            pool.free -= 1
+        else:
+            await pool.wait_slot()
+        timeout = self.settings.timeout
+        try:
             while True:
-                conn = self._checkout(pool)
-                fresh = conn is None
+                conn = pool.checkout()
                 if conn is None:
-                    conn = await self._connect()
+                    conn = await self._connect(loop)
                 pool.busy.add(conn)
-                keep = False
+                waiter: asyncio.Future[HttpResponse] = loop.create_future()
+                conn.expect(waiter, method == "HEAD")
                 try:
-                    if self.limiter is not None:  # the token is taken as the request goes out
-                        await self.limiter.acquire()
-                    async with asyncio.timeout(self.settings.timeout):
-                        response, keep = await self._exchange(conn, payload, method, fresh, started)
-                except _StaleConnection:
+                    if self.limiter is not None:  # the request goes out as its token is taken
+                        self.limiter.submit(waiter, partial(conn.send, payload, timeout))
+                    else:
+                        conn.send(payload, timeout)
+                    if pool.watchdog is None:
+                        pool.watch()
+                    response = await waiter
+                except _Stale:
                     continue  # a fresh connection, at once
-                except TimeoutError:
-                    msg = (
-                        f"{self.gateway}: no answer from {self.host_header} within "
-                        f"{self.settings.timeout:g} s"
-                    )
-                    raise ProviderError("NETWORK_TIMEOUT", msg, retryable=True) from None
+                except (_Lost, _Malformed, _Expired) as err:
+                    raise self._failure(err) from None
                 finally:
                     pool.busy.discard(conn)
-                    if keep and not pool.closed:
+                    if (conn.keep if conn.sent else not conn.closed) and not pool.closed:
+                        conn.waiter = None
+                        conn.state = _IDLE
                         conn.idle_since = time.monotonic()
                         pool.idle.append(conn)
                     else:
@@ -819,93 +1222,35 @@ class HttpClient:
                     response.elapsed * 1e3,
                 )
                 return response
+        finally:
+            pool.give_slot()
 
-    @staticmethod
-    def _checkout(pool: _LoopPool) -> _Conn | None:
-        while pool.idle:
-            conn = pool.idle.pop()
-            if conn.usable():
-                return conn
-            conn.close()
-        return None
+    def _failure(self, err: Exception) -> ProviderError:
+        """The :class:`ProviderError` for a request that got no usable answer."""
+        where = self.host_header
+        if isinstance(err, _Expired):
+            msg = f"{self.gateway}: no answer from {where} within {self.settings.timeout:g} s"
+            return ProviderError("NETWORK_TIMEOUT", msg, retryable=True)
+        if isinstance(err, _Malformed):
+            msg = f"{self.gateway}: malformed HTTP answer from {where} ({err})"
+            return ProviderError("PROVIDER_ERROR", scrub(msg, self.secrets), retryable=True)
+        assert isinstance(err, _Lost)
+        cause = err.cause
+        if err.received:
+            msg = f"{self.gateway}: {where} closed the connection mid-answer"
+        elif isinstance(cause, OSError) and not isinstance(cause, ConnectionError):
+            msg = f"{self.gateway}: connection to {where} failed ({_os_reason(cause)})"
+        else:
+            msg = f"{self.gateway}: {where} closed the connection without an answer"
+        return ProviderError("NETWORK_ERROR", msg, retryable=True)
 
-    async def _exchange(
-        self, conn: _Conn, payload: bytes, method: str, fresh: bool, started: float
-    ) -> tuple[HttpResponse, bool]:
-        reader, writer = conn.reader, conn.writer
-        conn.used += 1
-        try:
-            writer.write(payload)
-            await writer.drain()
-            head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, ConnectionError) as err:
-            partial = getattr(err, "partial", b"")
-            if not fresh and not partial:
-                raise _StaleConnection from None
-            msg = f"{self.gateway}: {self.host_header} closed the connection without an answer"
-            raise ProviderError("NETWORK_ERROR", msg, retryable=True) from None
-        except asyncio.LimitOverrunError:
-            msg = f"{self.gateway}: the answer's headers exceed {_MAX_HEAD} bytes"
-            raise ProviderError("PROVIDER_ERROR", msg, retryable=True) from None
-        except OSError as err:
-            msg = f"{self.gateway}: connection to {self.host_header} failed ({_os_reason(err)})"
-            raise ProviderError("NETWORK_ERROR", msg, retryable=True) from None
-        try:
-            status, reason, headers, version = _parse_head(head)
-            while 100 <= status < 200 and status != 101:  # skip interim answers
-                head = await reader.readuntil(b"\r\n\r\n")
-                status, reason, headers, version = _parse_head(head)
-            body, complete = await self._read_body(reader, method, status, headers)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            msg = f"{self.gateway}: {self.host_header} closed the connection mid-answer"
-            raise ProviderError("NETWORK_ERROR", msg, retryable=True) from None
-        except (ValueError, asyncio.LimitOverrunError) as err:
-            msg = f"{self.gateway}: malformed HTTP answer from {self.host_header} ({err})"
-            raise ProviderError(
-                "PROVIDER_ERROR", scrub(msg, self.secrets), retryable=True
-            ) from None
-        connection = headers.get("connection", "").lower()
-        keep = complete and "close" not in connection
-        if version == "HTTP/1.0" and "keep-alive" not in connection:
-            keep = False
-        elapsed = time.perf_counter() - started
-        return HttpResponse(status, reason, headers, body, elapsed), keep
 
-    async def _read_body(
-        self, reader: asyncio.StreamReader, method: str, status: int, headers: Mapping[str, str]
-    ) -> tuple[bytes, bool]:
-        if method == "HEAD" or status in (204, 304):
-            return b"", True
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            chunks: list[bytes] = []
-            size_total = 0
-            while True:
-                line = await reader.readuntil(b"\r\n")
-                size = int(line.split(b";", 1)[0].strip() or b"x", 16)
-                if size == 0:
-                    while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
-                        pass
-                    return b"".join(chunks), True
-                size_total += size
-                if size_total > _MAX_BODY:
-                    raise ValueError(f"body larger than {_MAX_BODY} bytes")
-                chunk = await reader.readexactly(size + 2)
-                chunks.append(chunk[:-2])
-        length = headers.get("content-length")
-        if length is not None:
-            n = int(length)
-            if n < 0 or n > _MAX_BODY:
-                raise ValueError(f"Content-Length {n} out of range")
-            return await reader.readexactly(n), True
-        data = await reader.read(_MAX_BODY + 1)
-        while data and len(data) <= _MAX_BODY:
-            more = await reader.read(_MAX_BODY + 1 - len(data))
-            if not more:
-                break
-            data += more
-        if len(data) > _MAX_BODY:
-            raise ValueError(f"body larger than {_MAX_BODY} bytes")
-        return data, False
+def _dumps(data: Any) -> bytes:
+    """``data`` as compact UTF-8 JSON (:mod:`orjson`; the standard library for big integers)."""
+    try:
+        return orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 _UNRESERVED = re.compile(r"[A-Za-z0-9._~-]*")
@@ -916,20 +1261,30 @@ def _q(text: str) -> str:
     return text if _UNRESERVED.fullmatch(text) else quote(text, safe="")
 
 
-def _parse_head(head: bytes) -> tuple[int, str, dict[str, str], str]:
+_HEADER_LINE = re.compile(r"([^:\r\n]*):([^\r\n]*)\r\n")
+
+
+def _parse_head(head: bytes | bytearray) -> tuple[int, str, dict[str, str], str]:
+    """Status, reason, headers (lower-case names; repeats joined by ``, ``) and version.
+
+    Examples
+    --------
+    >>> head = b"HTTP/1.1 429 Too Many\\r\\nRetry-After: 2\\r\\nVia: a\\r\\nvia: b\\r\\n\\r\\n"
+    >>> _parse_head(head)
+    (429, 'Too Many', {'retry-after': '2', 'via': 'a, b'}, 'HTTP/1.1')
+    """
     text = head.decode("latin-1")
-    lines = text.split("\r\n")
-    version, _, rest = lines[0].partition(" ")
-    code, _, reason = rest.partition(" ")
+    first, _, rest = text.partition("\r\n")
+    version, _, status = first.partition(" ")
+    code, _, reason = status.partition(" ")
     if not version.startswith("HTTP/") or not code.isdigit() or len(code) != 3:
-        raise ValueError(f"bad status line {lines[0][:80]!r}")
+        raise ValueError(f"bad status line {first[:80]!r}")
+    pairs = _HEADER_LINE.findall(rest)
+    if len(pairs) != rest.count("\r\n") - 1:  # a line without a colon
+        bad = next(line for line in rest.split("\r\n") if line and ":" not in line)
+        raise ValueError(f"bad header line {bad[:80]!r}")
     headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise ValueError(f"bad header line {line[:80]!r}")
+    for name, value in pairs:
         key = name.strip().lower()
         value = value.strip()
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
@@ -1039,7 +1394,19 @@ def korea_time(moment: datetime, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
     """
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(KST).strftime(fmt)
+    if "%f" in fmt:
+        return moment.astimezone(KST).strftime(fmt)
+    second = math.floor(moment.timestamp())
+    key = (second, fmt)
+    text = _KOREA_TIMES.get(key)
+    if text is None:  # (one run asks the same seconds again and again: its clock, its sends)
+        if len(_KOREA_TIMES) >= 4096:
+            _KOREA_TIMES.clear()
+        text = _KOREA_TIMES[key] = datetime.fromtimestamp(second, KST).strftime(fmt)
+    return text
+
+
+_KOREA_TIMES: dict[tuple[int, str], str] = {}
 
 
 def pick_fields(item: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:

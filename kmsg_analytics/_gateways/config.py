@@ -16,6 +16,7 @@ found; a section with ``enabled = false`` turns it off. Secrets are kept as
     api_secret_env = "SOLAPI_API_SECRET"
     rate_limit = 50                 # requests per second (0: no limit)
     timeout = 10
+    batch_size = 100                # message ids per list request (1: one per request)
 
     [iwinv]
     api_key_env = "IWINV_API_KEY"   # AlimTalk
@@ -61,7 +62,7 @@ _HTTP_KEYS = (
     "max_retry_wait",
 )
 _SOLAPI_SECRETS = ("api_key", "api_secret")
-_SOLAPI_PLAIN = ("base_url", "provider_id", "max_pages", "enabled")
+_SOLAPI_PLAIN = ("base_url", "provider_id", "max_pages", "batch_size", "enabled")
 _SOLAPI_ENV = {
     "api_key": "SOLAPI_API_KEY",
     "api_secret": "SOLAPI_API_SECRET",
@@ -97,6 +98,7 @@ class SolapiConfig:
     >>> SolapiConfig(Secret("key"), Secret("secret"))  # doctest: +NORMALIZE_WHITESPACE
     SolapiConfig(api_key=Secret('***'), api_secret=Secret('***'),
                  base_url='https://api.solapi.com', provider_id='solapi', max_pages=3,
+                 batch_size=100,
                  http=HttpSettings(timeout=10.0, connect_timeout=5.0, rate_limit=50.0,
                  burst=None, max_connections=32, max_retries=2, max_retry_wait=2.0))
     """
@@ -106,6 +108,7 @@ class SolapiConfig:
     base_url: str = DEFAULT_BASE_URL
     provider_id: str = "solapi"
     max_pages: int = 3
+    batch_size: int = 100
     http: HttpSettings = field(default_factory=HttpSettings)
 
     def build(self) -> SolapiProvider:
@@ -117,6 +120,7 @@ class SolapiConfig:
             provider_id=self.provider_id,
             http=self.http,
             max_pages=self.max_pages,
+            batch_size=self.batch_size,
         )
 
 
@@ -370,7 +374,7 @@ def _solapi(
             warnings.append(f"[solapi] has no {missing}: SOLAPI is not configured")
         return None
     extra: dict[str, Any] = {
-        k: values[k] for k in ("base_url", "provider_id", "max_pages") if k in values
+        k: values[k] for k in ("base_url", "provider_id", "max_pages", "batch_size") if k in values
     }
     return SolapiConfig(key, secret, http=_http("solapi", values), **extra)
 

@@ -135,13 +135,15 @@ def alimtalk_status(status_code: object, status_name: object, send_date: object)
     >>> alimtalk_status(None, None, None)
     'PENDING'
     """
+    return _alimtalk_state(status_code, status_name, parse_gateway_time(send_date) is not None)
+
+
+def _alimtalk_state(status_code: object, status_name: object, sent: bool) -> str:
     code = status_code.strip() if isinstance(status_code, str) else ""
     name = status_name if isinstance(status_name, str) else ""
     if code.upper() == "OK" or "성공" in name:
         return "DELIVERED"
-    if "대기" in name or "처리중" in name:
-        return "PENDING"
-    if parse_gateway_time(send_date) is None:
+    if "대기" in name or "처리중" in name or not sent:
         return "PENDING"
     return "FAILED"
 
@@ -372,9 +374,9 @@ class IwinvProvider(GatewayProvider):
     def _alimtalk_result(self, pmid: str, item: Mapping[str, Any]) -> DeliveryStatusResult:
         code = _text(item.get("statusCode"))
         name = _text(item.get("statusCodeName"))
-        status = alimtalk_status(code, name, item.get("sendDate"))
         sent = parse_gateway_time(item.get("sendDate"))
-        received = parse_gateway_time(item.get("receiveDate"))
+        status = _alimtalk_state(code, name, sent is not None)
+        received = parse_gateway_time(item.get("receiveDate")) if status != "PENDING" else None
         return DeliveryStatusResult(
             provider_id=self.id,
             provider_message_id=pmid,

@@ -20,18 +20,31 @@ Where k-msg's SOLAPI client goes wrong and this one does not:
   is the clock, not the message;
 - a message is only ever answered from its own entry (its id must match), else
   "nothing yet" (``None``).
+
+Checks that run at the same time are asked together: the lookups started in one turn
+of the event loop (the runner starts its ``concurrency`` checks so) go out as one
+request, ``GET .../list?limit=<n>&messageIds=<id1>&messageIds=<id2>...``, up to
+``batch_size`` ids and about 6,000 characters of them (the ``messageIds`` filter of
+SOLAPI's own SDK, ``solapi`` 5.x/6.x ``getMessages({messageIds})``, which repeats the
+key). Each message is still taken
+only from its own entry. A batch refused as a bad request is asked again id by id, so
+one malformed id fails alone; a gateway answering a batch with messages it was not
+asked about (ignoring the filter) makes the provider ask one id per request from then
+on. A lone lookup uses the documented single form (``messageId=<id>&limit=1``).
 """
 
 # ruff: noqa: EM101 - ProviderError takes a code and a message
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,6 +58,7 @@ from ._http import (
     HttpResponse,
     HttpSettings,
     Secret,
+    _q,
     http_error,
     not_json_error,
     parse_gateway_time,
@@ -55,6 +69,10 @@ __all__ = ["DEFAULT_BASE_URL", "SOLAPI_STATUS_TEXT", "SolapiProvider", "solapi_s
 
 DEFAULT_BASE_URL = "https://api.solapi.com"
 LIST_PATH = "/messages/v4/list"
+MAX_BATCH = 500  # ids per list request (the largest ``limit`` known to be used)
+_MAX_QUERY = 6000  # characters of ids per request: well under the usual 8 KB request line
+
+log = logging.getLogger("kmsg_analytics.gateways")
 
 _BY_CODE = {"2000": "PENDING", "3000": "SENT", "4000": "DELIVERED"}
 _FAILURE_CODE = re.compile(r"[123][0-9]{3}")
@@ -228,6 +246,9 @@ class SolapiProvider(GatewayProvider):
         Timeouts, rate limit, pool size and retries (an ``HttpSettings`` or its mapping).
     max_pages
         Pages of the list to follow (``nextKey``) before answering "nothing yet".
+    batch_size
+        Most message ids asked in one request when checks run at the same time
+        (1 to 500; 1 asks one id per request).
 
     Examples
     --------
@@ -252,6 +273,7 @@ class SolapiProvider(GatewayProvider):
         provider_id: str = "solapi",
         http: HttpSettings | Mapping[str, Any] | None = None,
         max_pages: int = 3,
+        batch_size: int = 100,
     ) -> None:
         key, secret = Secret(api_key), Secret(api_secret)
         if not key or not secret:
@@ -265,10 +287,22 @@ class SolapiProvider(GatewayProvider):
             raise InvalidRecordError("solapi.provider_id", provider_id, "a non-empty string")
         if not isinstance(max_pages, int) or isinstance(max_pages, bool) or max_pages < 1:
             raise InvalidRecordError("solapi.max_pages", max_pages, "a whole number >= 1")
+        if (
+            not isinstance(batch_size, int)
+            or isinstance(batch_size, bool)
+            or not 1 <= batch_size <= MAX_BATCH
+        ):
+            raise InvalidRecordError(
+                "solapi.batch_size", batch_size, f"a whole number from 1 to {MAX_BATCH}"
+            )
         self.id = provider_id.strip()
         self._key = key
         self._secret = secret
         self.max_pages = max_pages
+        self.batch_size = batch_size
+        self._batching = batch_size > 1  # off for good if SOLAPI ignores messageIds
+        self._batches: dict[int, _Batch] = {}  # the batch being gathered, per event loop
+        self._inflight: set[asyncio.Task[None]] = set()
         settings = http if isinstance(http, HttpSettings) else HttpSettings(**dict(http or {}))
         self._http = HttpClient(
             base_url,
@@ -305,6 +339,26 @@ class SolapiProvider(GatewayProvider):
         pmid = (query.provider_message_id or "").strip()
         if not pmid:
             raise ProviderError("INVALID_REQUEST", "providerMessageId is required", retryable=False)
+        if not self._batching:
+            return await self._lookup(pmid)
+        loop = asyncio.get_running_loop()
+        batch = self._batches.get(id(loop))
+        if batch is None or batch.loop is not loop:
+            batch = self._batches[id(loop)] = _Batch(loop)
+            loop.call_soon(self._flush, batch)  # after every check started in this turn
+        answer: asyncio.Future[DeliveryStatusResult | None] = loop.create_future()
+        waiting = batch.ids.get(pmid)
+        if waiting is None:
+            batch.ids[pmid] = [answer]
+            batch.chars += len(_q(pmid)) + 12  # "&messageIds=<id>"
+        else:
+            waiting.append(answer)
+        if len(batch.ids) >= self.batch_size or batch.chars >= _MAX_QUERY:
+            self._flush(batch)
+        return await answer
+
+    async def _lookup(self, pmid: str) -> DeliveryStatusResult | None:
+        """One message, one request (``messageId=<id>``), following ``nextKey``."""
         start_key: str | None = None
         for _ in range(self.max_pages):
             data = await self._list({"startKey": start_key, "limit": 1, "messageId": pmid})
@@ -316,6 +370,105 @@ class SolapiProvider(GatewayProvider):
                 return None
             start_key = next_key
         return None
+
+    # ------------------------------------------------------------------ batches
+
+    def _flush(self, batch: _Batch) -> None:
+        """Send the batch off (once) and start gathering a new one."""
+        if batch.sent:
+            return
+        batch.sent = True
+        if self._batches.get(id(batch.loop)) is batch:
+            del self._batches[id(batch.loop)]
+        task = batch.loop.create_task(self._answer(batch))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _answer(self, batch: _Batch) -> None:
+        """Look the batch's ids up and hand each waiting check its own outcome."""
+        try:
+            outcomes = await self._lookup_many(list(batch.ids))
+        except asyncio.CancelledError:  # the loop shuts down
+            for waiting in batch.ids.values():
+                for answer in waiting:
+                    answer.cancel()
+            raise
+        except Exception as err:
+            for waiting in batch.ids.values():
+                for answer in waiting:
+                    if not answer.done():
+                        answer.set_exception(_copy(err))
+            return
+        for pmid, waiting in batch.ids.items():
+            outcome = outcomes.get(pmid)
+            for answer in waiting:
+                if answer.done():  # the check gave up (its timeout)
+                    continue
+                if isinstance(outcome, ProviderError):
+                    answer.set_exception(_copy(outcome))
+                else:
+                    answer.set_result(outcome)
+
+    async def _outcome(self, pmid: str) -> DeliveryStatusResult | ProviderError | None:
+        try:
+            return await self._lookup(pmid)
+        except ProviderError as err:
+            return err
+
+    async def _one_by_one(
+        self, pmids: Sequence[str]
+    ) -> dict[str, DeliveryStatusResult | ProviderError | None]:
+        outcomes = await asyncio.gather(*(self._outcome(pmid) for pmid in pmids))
+        return dict(zip(pmids, outcomes, strict=True))
+
+    async def _lookup_many(
+        self, pmids: list[str]
+    ) -> dict[str, DeliveryStatusResult | ProviderError | None]:
+        """Each id's outcome: its result, ``None`` (not listed yet) or its error."""
+        if len(pmids) == 1:
+            return {pmids[0]: await self._outcome(pmids[0])}
+        wanted = set(pmids)
+        found: dict[str, Mapping[str, Any]] = {}
+        outcomes: dict[str, DeliveryStatusResult | ProviderError | None] = {}
+        start_key: str | None = None
+        for _ in range(self.max_pages):
+            params = {"startKey": start_key, "limit": len(pmids), "messageIds": pmids}
+            try:
+                data = await self._list(params)
+            except ProviderError as err:
+                if err.retryable or err.code == "AUTHENTICATION_FAILED":
+                    return dict.fromkeys(pmids, err)
+                return await self._one_by_one(pmids)  # one bad id must not fail the rest
+            listed = data.get("messageList")
+            for pmid in wanted.difference(found):
+                message = _find(listed, pmid)
+                if message is not None:
+                    found[pmid] = message
+            if _foreign(listed, wanted):  # the filter was ignored: ask the rest one by one
+                if self._batching:
+                    log.warning(
+                        "%s answered a messageIds lookup with other messages; "
+                        "asking one message id per request from now on",
+                        self.name,
+                    )
+                self._batching = False
+                outcomes = await self._one_by_one([p for p in pmids if p not in found])
+                break
+            next_key = data.get("nextKey")
+            if (
+                len(found) == len(wanted)
+                or not isinstance(next_key, str)
+                or not next_key
+                or next_key == start_key
+            ):
+                break
+            start_key = next_key
+        for pmid, message in found.items():
+            try:
+                outcomes[pmid] = self._result(pmid, message)
+            except ProviderError as err:
+                outcomes[pmid] = err
+        return outcomes
 
     async def _list(self, params: Mapping[str, Any]) -> dict[str, Any]:
         retried_signature = False
@@ -401,6 +554,42 @@ class SolapiProvider(GatewayProvider):
         took = time.perf_counter() - started
         message = "credentials accepted; the message list is readable (message:read)"
         return GatewayCheck(self.id, self.base_url, True, took, None, message)
+
+
+class _Batch:
+    """The ids asked on one event loop in one turn, and the checks waiting for each."""
+
+    __slots__ = ("chars", "ids", "loop", "sent")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.ids: dict[str, list[asyncio.Future[DeliveryStatusResult | None]]] = {}
+        self.chars = 0  # of the request's query
+        self.sent = False
+
+
+def _copy(err: Exception) -> Exception:
+    """A fresh error for each waiting check (one object raised in many tasks tangles
+    their tracebacks)."""
+    if isinstance(err, ProviderError):
+        return ProviderError(err.code, err.message, retryable=err.retryable)
+    return err
+
+
+def _foreign(message_list: object, wanted: set[str]) -> bool:
+    """Whether SOLAPI's ``messageList`` holds a message that was not asked about."""
+    if isinstance(message_list, Mapping):
+        items: Any = message_list.values()
+    elif isinstance(message_list, list):
+        items = message_list
+    else:
+        return False
+    for item in items:
+        if isinstance(item, Mapping):
+            mid = item.get("messageId")
+            if isinstance(mid, str) and mid not in wanted:
+                return True
+    return False
 
 
 def _first_time(message: Mapping[str, Any], *fields: str) -> datetime | None:
