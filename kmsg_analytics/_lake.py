@@ -777,7 +777,13 @@ class ParquetTrackingStore(RetriedReads):
             if ready_rows >= _FOLD_WRITE_ROWS or i == len(days_sorted) - 1:
                 self._replace_days(ready)
                 ready, ready_rows = [], 0
-            open_parts.append(merged.filter(pl.col("status").is_in(POLLABLE_STATUSES)))
+            # copied out (through Arrow): a filtered frame's strings are views into the
+            # whole day's buffers, which would otherwise stay alive, day after day
+            still_open = pl.from_arrow(
+                merged.filter(pl.col("status").is_in(POLLABLE_STATUSES)).to_arrow()
+            )
+            assert isinstance(still_open, pl.DataFrame)
+            open_parts.append(still_open)
         # the open set: untouched days keep their open rows, touched days bring theirs
         old_open = self.paths.open_file()
         kept = (
