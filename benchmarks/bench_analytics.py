@@ -3,11 +3,14 @@
 Usage::
 
     python benchmarks/bench_analytics.py --n 1000000 [--k 5] [--work DIR [--reuse]] [--out r.json]
+    python benchmarks/bench_analytics.py --lake /tmp/scale/n10m/lake [--k 3] [--out r.json]
 
 Builds a compacted lake of ``--n`` synthetic messages over 90 days
 (:func:`kmsg_analytics._synthetic.synthetic_records`, loaded in chunks through
-``store.append_table`` and folded with ``compact()``), then times, each as the median
-of ``--k`` runs after one warm-up:
+``store.append_table`` and folded with ``compact()``), or uses the lake given with
+``--lake`` (only read: it is hard-linked into a scratch directory first). Each operation
+runs in a fresh process, once cold and then ``--k`` times warm (the median is reported),
+and so does its baseline, each with its peak RSS and the load average around it:
 
 * ``summary``: k-msg's ``getSummary`` over the 90 days with both breakdowns (target
   under 0.5 s at 10M). Baseline: one ``group_by(provider, type, status).len()`` over
@@ -17,23 +20,30 @@ of ``--k`` runs after one warm-up:
 * ``latency``: p50/p90/p95/p99 per provider and type (target under 1.5 s). Ours
   computes three segments naively plus the Kaplan-Meier estimate; the baseline only
   the requested-to-delivered quantiles of delivered messages.
+* ``report``: the full HTML report of the 90 days (``build_report``, what
+  ``kmsg-analytics report --since 90d`` runs; target under 15 s and 1.5 GB at 10M), run
+  once per process (``--k`` processes). Baseline: the three baselines above plus the
+  least history work of its rate maturity (the number of distinct messages among the
+  snapshots), in one process.
 
-Prints our time, the baseline's, their ratio and the target; checks that both give
-the same counts.
+Prints our time, the baseline's, their ratio, both peak RSS and the target; checks
+that both give the same counts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +55,8 @@ from kmsg_analytics._schema import POLARS_SCHEMA, SNAPSHOT_SCHEMA
 
 KEY = "bench-key-0123456789"
 DAYS = 90
-TARGETS = {"summary": 0.5, "series": 0.5, "latency": 1.5}  # seconds, at 10M messages
+TARGETS = {"summary": 0.5, "series": 0.5, "latency": 1.5, "report": 15.0}  # s, at 10M
+REPORT_RSS_MB = 1536  # the report's peak memory target at 10M
 
 
 def log(message: str) -> None:
@@ -185,115 +196,242 @@ def hand_latency(lake: Path, start: Any, end: Any) -> pl.DataFrame:
     )
 
 
-# --------------------------------------------------------------------------- timing
+def hand_history(lake: Path, start: Any, end: Any) -> int:
+    """The least work of the report's rate maturity: distinct messages among the snapshots."""
+    files = [str(p) for p in sorted((lake / "history").glob("*/*.parquet"))]
+    frame = pl.scan_parquet(files, hive_partitioning=False).filter(
+        pl.col("requested_at").is_between(start, end)
+    )
+    return int(frame.select(pl.col("message_id").n_unique()).collect().item())
 
 
-def timed(fn: Callable[[], Any], k: int) -> tuple[float, Any]:
-    result = fn()  # warm-up (and the answer checked below)
-    runs = []
-    for _ in range(k):
-        t = time.perf_counter()
+def hand_report(lake: Path, start: Any, end: Any) -> tuple[Any, ...]:
+    return (
+        hand_summary(lake, start, end),
+        hand_series(lake, start, end),
+        hand_latency(lake, start, end),
+        hand_history(lake, start, end),
+    )
+
+
+# --------------------------------------------------------------------------- one process
+
+
+def _window(lake: Path) -> tuple[datetime, datetime]:
+    hi = scan_current(lake).select(pl.col("requested_at").max()).collect().item()
+    return hi - timedelta(days=DAYS), hi
+
+
+def worker(op: str, side: str, lake: Path, k: int, out: Path) -> None:
+    """Run one operation (``side`` ours or baseline) cold, then ``k`` times warm; write JSON."""
+    started = time.perf_counter()
+    an = DeliveryAnalytics(lake, hash_key=KEY) if side == "ours" else None
+    start, end = _window(lake)
+    setup = time.perf_counter() - started
+    fns: dict[tuple[str, str], Callable[[], Any]] = {
+        ("summary", "ours"): lambda: an.summary(  # type: ignore[union-attr]
+            start, end, include_by_provider=True, include_by_type=True
+        ),
+        ("summary", "baseline"): lambda: hand_summary(lake, start, end),
+        ("series", "ours"): lambda: an.rates(start, end, every="1d", by="provider_id"),  # type: ignore[union-attr]
+        ("series", "baseline"): lambda: hand_series(lake, start, end),
+        ("latency", "ours"): lambda: an.latency(start, end, by=["provider_id", "type"]),  # type: ignore[union-attr]
+        ("latency", "baseline"): lambda: hand_latency(lake, start, end),
+        ("report", "ours"): lambda: _report(an, start, end, out.with_suffix(".html")),
+        ("report", "baseline"): lambda: hand_report(lake, start, end),
+    }
+    fn = fns[(op, side)]
+    load = os.getloadavg()
+    c0, t0 = time.process_time(), time.perf_counter()
+    answer = fn()
+    cold, cold_cpu = time.perf_counter() - t0, time.process_time() - c0
+    warm, warm_cpu = [], []
+    for _ in range(k if op != "report" else 0):
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
-        runs.append(time.perf_counter() - t)
-    return statistics.median(runs), result
+        warm.append(time.perf_counter() - t0)
+        warm_cpu.append(time.process_time() - c0)
+    result = {
+        "op": op,
+        "side": side,
+        "setup_s": setup,
+        "cold_s": cold,
+        "cold_cpu_s": cold_cpu,
+        "warm_s": statistics.median(warm) if warm else None,
+        "warm_cpu_s": statistics.median(warm_cpu) if warm_cpu else None,
+        "warm_runs": warm,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "load_before": load,
+        "load_after": os.getloadavg(),
+    }
+    if op == "report" and side == "ours":
+        result["steps"] = answer
+    else:
+        result["answer"] = _digest(op, side, answer)
+    out.write_text(json.dumps(result))
+
+
+def _report(an: Any, start: datetime, end: datetime, out: Path) -> dict[str, float]:
+    from kmsg_analytics._report import build_report
+
+    report = build_report(an, out=out, start=start, end=end, format="html")
+    return {k: round(v, 3) for k, v in report.timings.items()}
+
+
+def _digest(op: str, side: str, answer: Any) -> Any:
+    """What ``_check`` compares, as JSON."""
+    if op == "summary":
+        if side == "ours":
+            return {"total": answer.total, "by_status": answer.by_status}
+        return answer.group_by("status").agg(pl.col("len").sum()).rows()
+    if op == "series":
+        if side == "ours":
+            return [
+                int(answer.get_column("total").sum()),
+                int(answer.get_column("numerator").sum()),
+            ]
+        delivered = answer.filter(pl.col("status") == "DELIVERED").get_column("len").sum()
+        return [int(answer.get_column("len").sum()), int(delivered)]
+    if op == "latency":
+        if side == "ours":
+            naive = answer.table.filter(
+                (pl.col("method") == "finished_only")
+                & (pl.col("segment") == "requested_to_delivered")
+            )
+            return naive.select("provider_id", "type", "p50_s", "p90_s", "p95_s", "p99_s").rows()
+        return answer.rows()
+    return None
+
+
+def run_op(op: str, side: str, lake: Path, k: int, scratch: Path) -> dict[str, Any]:
+    """``worker`` in a fresh interpreter (so peak RSS and the cold run are this op's own)."""
+    out = scratch / f"{op}-{side}.json"
+    cmd = [sys.executable, __file__, "_worker", op, side, str(lake), str(k), str(out)]
+    subprocess.run(cmd, check=True)
+    return dict(json.loads(out.read_text()))
+
+
+def _check(op: str, ours: dict[str, Any], base: dict[str, Any]) -> str:
+    """Do both sides count the same messages?"""
+    a: Any = ours.get("answer")
+    b: Any = base.get("answer")
+    if op == "summary":
+        statuses = dict(b)
+        ok = a["total"] == sum(statuses.values()) and all(
+            n == statuses.get(s, 0) for s, n in a["by_status"].items()
+        )
+    elif op == "series":
+        ok = a == b
+    elif op == "latency":  # ours floors durations to whole seconds: the floor of the exact one
+        exact = {(r[0], r[1]): r[2:] for r in b}
+        ok = len(a) == len(exact) and all(
+            [None if v is None else round(v * 1e6) for v in r[2:]]
+            == [v // 1_000_000 * 1_000_000 for v in exact[(r[0], r[1])]]
+            for r in a
+        )
+    else:
+        return "-"
+    return "same answer" if ok else "MISMATCH"
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in and args_in[0] == "_worker":
+        op, side, where, k, out = args_in[1:6]
+        worker(op, side, Path(where), int(k), Path(out))
+        return 0
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--n", type=int, default=1_000_000, help="messages in the lake")
-    p.add_argument("--k", type=int, default=5, help="timed runs per operation (median)")
+    p.add_argument("--k", type=int, default=5, help="warm runs per operation (median)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk", type=int, default=500_000, help="messages per loaded chunk")
     p.add_argument("--work", type=Path, help="working directory (default: a temporary one)")
     p.add_argument("--reuse", action="store_true", help="reuse the lake built in --work before")
+    p.add_argument("--lake", type=Path, help="benchmark this lake (only read) instead of building")
+    p.add_argument(
+        "--ops", default="summary,series,latency,report", help="comma-separated operations"
+    )
     p.add_argument("--out", type=Path, help="also write the results as JSON here")
-    args = p.parse_args(argv)
+    args = p.parse_args(args_in)
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-analytics-"))
-    lake = work / f"lake-{args.n}"
     built = None
-    if not (args.reuse and (lake / "_lake.json").exists()):
+    if args.lake is not None:
+        lake = work / "lake"
         if lake.exists():
             shutil.rmtree(lake)
-        log(f"building a lake of {args.n:,} messages in {lake}")
-        built = build(lake, args.n, args.seed, args.chunk)
+        shutil.copytree(args.lake, lake, copy_function=os.link)  # hard links: nothing copied
+    else:
+        lake = work / f"lake-{args.n}"
+        if not (args.reuse and (lake / "_lake.json").exists()):
+            if lake.exists():
+                shutil.rmtree(lake)
+            log(f"building a lake of {args.n:,} messages in {lake}")
+            built = build(lake, args.n, args.seed, args.chunk)
+    scratch = work / "results"
+    scratch.mkdir(exist_ok=True)
+    rows = []
     try:
-        an = DeliveryAnalytics(lake, hash_key=KEY)
-        hi = an.store.current().select(pl.col("requested_at").max()).collect().item()
-        start, end = hi - timedelta(days=DAYS), hi
-        log(f"window {start} .. {end}")
-        ops: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
-            "summary": (
-                lambda: an.summary(start, end, include_by_provider=True, include_by_type=True),
-                lambda: hand_summary(lake, start, end),
-            ),
-            "series": (
-                lambda: an.rates(start, end, every="1d", by="provider_id"),
-                lambda: hand_series(lake, start, end),
-            ),
-            "latency": (
-                lambda: an.latency(start, end, by=["provider_id", "type"]),
-                lambda: hand_latency(lake, start, end),
-            ),
-        }
-        rows = []
-        for name, (ours_fn, base_fn) in ops.items():
-            ours, ours_result = timed(ours_fn, args.k)
-            base, base_result = timed(base_fn, args.k)
-            check = _check(name, ours_result, base_result)
-            rows.append({"op": name, "ours_s": ours, "baseline_s": base, "ratio": ours / base,
-                         "target_s": TARGETS[name], "check": check})  # fmt: skip
-            log(f"  {name}: ours {ours:.3f} s, baseline {base:.3f} s, {check}")
-        an.close()
+        for op in args.ops.split(","):
+            k = args.k
+            ours_runs = [run_op(op, "ours", lake, k, scratch)]
+            if op == "report":  # one run per process: the report is its own warm-up
+                ours_runs += [run_op(op, "ours", lake, k, scratch) for _ in range(max(k - 1, 0))]
+            base = run_op(op, "baseline", lake, k, scratch)
+            ours = ours_runs[0]
+            ours_s = (
+                statistics.median(r["cold_s"] for r in ours_runs)
+                if op == "report"
+                else ours["warm_s"]
+            )
+            base_s = base["cold_s"] if op == "report" else base["warm_s"]
+            row = {
+                "op": op,
+                "ours_s": ours_s,
+                "ours_cold_s": ours["cold_s"],
+                "baseline_s": base_s,
+                "ratio": ours_s / base_s,
+                "target_s": TARGETS[op],
+                "ours_peak_rss_mb": max(r["peak_rss_mb"] for r in ours_runs),
+                "baseline_peak_rss_mb": base["peak_rss_mb"],
+                "load": [ours["load_before"][0], base["load_after"][0]],
+                "check": _check(op, ours, base),
+                "ours": ours_runs,
+                "baseline": base,
+            }
+            rows.append(row)
+            log(
+                f"  {op}: ours {ours_s:.3f} s (cold {ours['cold_s']:.3f}), baseline "
+                f"{base_s:.3f} s, {row['check']}"
+            )
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\nDeliveryAnalytics at {args.n:,} messages ({DAYS} days; median of {args.k} runs)")
+    source = str(args.lake) if args.lake else f"{args.n:,} synthetic messages"
+    print(f"\nDeliveryAnalytics on {source} ({DAYS} days; fresh process per operation)")
     if built is not None:
         print(f"lake built in {built:.0f} s")
     print(
-        f"{'operation':<10} {'ours':>9} {'baseline':>9} {'ratio':>6}  {'target (10M)':>12}  check"
+        f"{'operation':<9} {'ours':>8} {'cold':>8} {'baseline':>9} {'ratio':>6} "
+        f"{'target':>7} {'RSS ours':>9} {'RSS base':>9} {'load':>10}  check"
     )
     for r in rows:
-        print(f"{r['op']:<10} {r['ours_s']:>8.3f}s {r['baseline_s']:>8.3f}s {r['ratio']:>6.2f}  "
-              f"{'< ' + format(r['target_s'], 'g') + ' s':>12}  {r['check']}")  # fmt: skip
-    print(f"peak RSS of this process: {peak:,.0f} MB")
+        target = f"<{r['target_s']:g}s"
+        load = f"{r['load'][0]:.1f}-{r['load'][1]:.1f}"
+        print(f"{r['op']:<9} {r['ours_s']:>7.3f}s {r['ours_cold_s']:>7.3f}s "
+              f"{r['baseline_s']:>8.3f}s {r['ratio']:>6.2f} {target:>7} "
+              f"{r['ours_peak_rss_mb']:>7.0f}MB {r['baseline_peak_rss_mb']:>7.0f}MB "
+              f"{load:>10}  {r['check']}")  # fmt: skip
+    report = next((r for r in rows if r["op"] == "report"), None)
+    if report is not None:
+        steps = report["ours"][0].get("steps", {})
+        print("report steps (first run): " + ", ".join(f"{k} {v:.2f}s" for k, v in steps.items()))
+        print(f"report peak RSS target: {REPORT_RSS_MB} MB")
     if args.out:
-        args.out.write_text(
-            json.dumps({"n": args.n, "k": args.k, "results": rows, "peak_rss_mb": peak}, indent=2)
-        )
+        args.out.write_text(json.dumps({"source": source, "k": args.k, "results": rows}, indent=2))
     return 0
-
-
-def _check(name: str, ours: Any, base: pl.DataFrame) -> str:
-    """Do both sides count the same messages?"""
-    if name == "summary":
-        ok = ours.total == base.get_column("len").sum()
-        ok = ok and all(
-            ours.by_status[s] == base.filter(pl.col("status") == s).get_column("len").sum()
-            for s in ours.by_status
-        )
-    elif name == "series":
-        ok = ours.get_column("total").sum() == base.get_column("len").sum()
-        ok = (
-            ok
-            and ours.get_column("numerator").sum()
-            == base.filter(pl.col("status") == "DELIVERED").get_column("len").sum()
-        )
-    else:  # ours floors durations to whole seconds: the floor of the exact percentile
-        naive = ours.table.filter(
-            (pl.col("method") == "finished_only") & (pl.col("segment") == "requested_to_delivered")
-        )
-        merged = naive.join(base, on=["provider_id", "type"])
-        ok = merged.height == base.height
-        for p in ("p50", "p90", "p95", "p99"):
-            ours_us = (merged.get_column(f"{p}_s") * 1e6).round().cast(pl.Int64)
-            floored = (merged.get_column(p) // 1_000_000) * 1_000_000
-            ok = ok and ours_us.equals(floored, check_names=False)
-    return "same answer" if ok else "MISMATCH"
 
 
 if __name__ == "__main__":

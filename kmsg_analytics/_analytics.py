@@ -26,29 +26,85 @@ Time conventions:
 
 from __future__ import annotations
 
-import html
 import os
-import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import Any
 
 import polars as pl
 
 from . import _metrics as m
-from ._errors import InvalidRecordError, LakeError
+from ._analytics_common import (
+    DEFAULT_AGES,
+    Window,
+    _ages,
+    _as_of,
+    _check_bucket_count,
+    _check_tz,
+    _dimensions,
+    _every,
+    _invalid,
+    _pair,
+    _resolution,
+)
+from ._analytics_common import (
+    GROUP_FIELDS as GROUP_FIELDS,
+)
+from ._analytics_common import (
+    _fields as _fields,
+)
+from ._analytics_common import (
+    _window as _window,
+)
+from ._analytics_compare import _compare_overall, _compare_slices
+from ._analytics_failures import (
+    _FALLBACK,
+    _NO_CODE,
+    _OF_FAILED,
+    _finish_categories,
+    _finish_codes,
+    _finish_tracking,
+    _share,
+    _weighted_mode,
+)
+from ._analytics_history import durations_tables, maturity_counts, status_path
+from ._analytics_latency import (
+    SEGMENTS,
+    _km_curve,
+    _km_steps,
+    _km_summary,
+    _latency_counts,
+    _naive_latency,
+)
+from ._analytics_results import (
+    Comparison,
+    DeliverySummary,
+    FailoverFunnel,
+    FailureReport,
+    LatencyReport,
+    StatusDurations,
+    SummaryRates,
+)
+from ._analytics_summary import (
+    _parity_columns as _parity_columns,
+)
+from ._analytics_summary import (
+    _summary_from_row as _summary_from_row,
+)
+from ._analytics_summary import (
+    assemble_summary as assemble_summary,
+)
+from ._analytics_summary import (
+    summary_keys as summary_keys,
+)
+from ._errors import LakeError
 from ._lake import ParquetTrackingStore
 from ._phone import HashKey
-from ._queries import filter_expr, snapshot_key
-from ._records import (
-    DELIVERY_STATUSES,
-    POLLABLE_STATUSES,
-    TERMINAL_STATUSES,
-    RecordFilter,
-    coerce_time,
-)
+from ._queries import filter_expr
+from ._records import POLLABLE_STATUSES, RecordFilter, coerce_time
 from ._schema import CURRENT_PARTITION
 from ._service import DeliveryTrackingService
 from ._store import TrackingStore
@@ -63,290 +119,6 @@ __all__ = [
     "StatusDurations",
     "SummaryRates",
 ]
-
-
-def _invalid(field: str, value: object, expected: str) -> NoReturn:
-    """Raise :class:`InvalidRecordError` naming the field, the value and what is valid."""
-    raise InvalidRecordError(field, value, expected)
-
-
-#: Fields answers can be broken down by.
-GROUP_FIELDS: Final = ("provider_id", "type", "status", "provider_status_code", "retention_class")
-
-#: Slices :meth:`DeliveryAnalytics.compare` can rank (``hour`` is the hour of day requested).
-COMPARE_DIMENSIONS: Final = (*GROUP_FIELDS, "hour")
-
-#: Message ages at which :meth:`DeliveryAnalytics.rate_maturity` looks by default.
-DEFAULT_AGES: Final = ("1m", "5m", "15m", "1h", "6h", "24h", "72h")
-
-#: Latency segments: name -> (from column, to column).
-SEGMENTS: Final = {
-    "requested_to_sent": ("requested_at", "sent_at"),
-    "requested_to_delivered": ("requested_at", "delivered_at"),
-    "sent_to_delivered": ("sent_at", "delivered_at"),
-}
-
-#: The latency percentiles reported, in per mille.
-PERCENTILES: Final = (500, 900, 950, 990)
-
-#: "Delivered within" thresholds of the latency table (label, seconds).
-WITHIN: Final = (("10s", 10), ("1m", 60), ("5m", 300))
-
-_EVERY_ALIASES: Final = {"hour": "1h", "day": "1d", "week": "1w", "month": "1mo"}
-_EVERY_RE: Final = re.compile(r"^([1-9][0-9]*)(m|h|d|w|mo)$")
-_DURATION_RE: Final = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(s|m|h|d|w)$")
-_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800, "mo": 2_592_000}
-_MAX_BUCKETS: Final = 200_000
-_NO_CODE: Final = "(없음)"
-_EPS: Final = 1e-9
-_CURVE_POINTS: Final = 1_000
-
-_TRACKING_LABELS: Final = {
-    "MISSING_PROVIDER_MESSAGE_ID": "게이트웨이가 메시지 ID를 돌려주지 않아 결과를 조회할 수 없음",
-    "TRACKING_TIMEOUT": "최대 추적 시간 안에 최종 결과를 받지 못함",
-    "PROVIDER_NOT_FOUND": "등록되지 않은 게이트웨이로 발송된 메시지",
-    "UNSUPPORTED_PROVIDER": "상태 조회를 지원하지 않는 게이트웨이",
-}
-
-Window = tuple[Any, Any]
-
-
-# --------------------------------------------------------------------------- result objects
-
-
-@dataclass(frozen=True)
-class SummaryRates:
-    """k-msg's three rates in percent (each 0 when its denominator is 0)."""
-
-    delivered_of_total_pct: float
-    failed_of_total_pct: float
-    delivered_of_finalized_pct: float
-
-
-@dataclass(frozen=True)
-class DeliverySummary:
-    """k-msg's ``getSummary`` answer, with every named rate, its interval and sample size.
-
-    ``total``, ``by_status`` (all six statuses, zeros included) and ``rates`` are
-    exactly k-msg's; ``by_provider``/``by_type`` hold one summary per provider/type
-    when asked for, else ``None``. ``metrics`` shows each named rate with numerator,
-    denominator, Wilson 95% interval and the "not enough data" flag. ``breakdown`` is the
-    per-group table when ``by=`` was given.
-    """
-
-    total: int
-    by_status: dict[str, int]
-    rates: SummaryRates
-    by_provider: dict[str, DeliverySummary] | None = None
-    by_type: dict[str, DeliverySummary] | None = None
-    metrics: pl.DataFrame = field(default_factory=pl.DataFrame, repr=False, compare=False)
-    breakdown: pl.DataFrame | None = field(default=None, repr=False, compare=False)
-    start: datetime | None = None
-    end: datetime | None = None
-    as_of: datetime | None = None
-
-    def to_polars(self) -> pl.DataFrame:
-        """The per-group table when ``by=`` was given, else one row: counts and k-msg rates."""
-        if self.breakdown is not None:
-            return self.breakdown
-        row: dict[str, Any] = {"total": self.total}
-        row.update({s.lower(): self.by_status[s] for s in DELIVERY_STATUSES})
-        row.update(
-            delivered_of_total_pct=self.rates.delivered_of_total_pct,
-            failed_of_total_pct=self.rates.failed_of_total_pct,
-            delivered_of_finalized_pct=self.rates.delivered_of_finalized_pct,
-        )
-        return pl.DataFrame([row])
-
-    def to_kmsg(self) -> dict[str, Any]:
-        """The answer in k-msg's JSON shape (``byStatus``, ``deliveredOfTotalPct``, ...)."""
-        out: dict[str, Any] = {
-            "total": self.total,
-            "byStatus": dict(self.by_status),
-            "rates": {
-                "deliveredOfTotalPct": self.rates.delivered_of_total_pct,
-                "failedOfTotalPct": self.rates.failed_of_total_pct,
-                "deliveredOfFinalizedPct": self.rates.delivered_of_finalized_pct,
-            },
-        }
-        if self.by_provider is not None:
-            out["byProviderId"] = {k: v.to_kmsg() for k, v in self.by_provider.items()}
-        if self.by_type is not None:
-            out["byType"] = {k: v.to_kmsg() for k, v in self.by_type.items()}
-        return out
-
-    def _repr_html_(self) -> str:
-        head = f"<h4>전송 요약 {_html_window(self.start, self.end, self.as_of)}</h4>"
-        counts = " · ".join(
-            f"{html.escape(m.STATUS_LABELS[s])} {self.by_status[s]:,}" for s in DELIVERY_STATUSES
-        )
-        parts = [head, f"<p><b>전체 {self.total:,}건</b> — {counts}</p>"]
-        if self.metrics.height:
-            parts.append(_metrics_html(self.metrics))
-        for title, group in (("게이트웨이별", self.by_provider), ("유형별", self.by_type)):
-            if group:
-                parts.append(f"<h5>{title}</h5>")
-                parts.append(_frame_html(_summary_rows(group)))
-        if self.breakdown is not None:
-            parts.append("<h5>분류별</h5>" + _frame_html(self.breakdown))
-        return "\n".join(parts)
-
-
-@dataclass(frozen=True)
-class LatencyReport:
-    """Latency percentiles, naive among finished messages and Kaplan-Meier with censoring.
-
-    ``table`` has one row per group, segment and method: ``finished_only`` rows are the
-    plain percentiles of messages that have both timestamps; ``kaplan_meier`` rows
-    estimate time to delivery (``requested_to_delivered``) counting every message, with
-    in-flight ones censored at ``now`` and failed, cancelled and unknown ones censored at
-    the moment they ended (so the curve is the delivery-time distribution of messages
-    that deliver, not the share that will deliver: that is what the rates are for).
-    ``curve`` is the Kaplan-Meier curve (at most about 1,000 points per group).
-    """
-
-    table: pl.DataFrame
-    curve: pl.DataFrame
-    now: datetime
-    start: datetime
-    end: datetime
-    as_of: datetime | None = None
-
-    def to_polars(self) -> pl.DataFrame:
-        """The percentile table."""
-        return self.table
-
-    def _repr_html_(self) -> str:
-        head = f"<h4>지연 시간 {_html_window(self.start, self.end, self.as_of)}</h4>"
-        note = (
-            f"<p>기준 시각(now) {self.now.isoformat()} — kaplan_meier: 진행 중 메시지를 중도절단"
-            "(censored)으로 포함한 추정, finished_only: 끝난 메시지만의 단순 백분위수. 단위 초.</p>"
-        )
-        return head + note + _frame_html(self.table)
-
-
-@dataclass(frozen=True)
-class FailureReport:
-    """Failures by gateway status code and by one taxonomy across gateways.
-
-    ``codes``: the top codes per provider (and group) among delivery failures (FAILED
-    or UNKNOWN, tracking problems excluded), with their most common message, category
-    and suggested action. ``categories``: failures per taxonomy category; the
-    ``tracking`` row is counted apart (``delivery_failure`` false). ``tracking``: the
-    tracking service's own problems (``last_error.code``) per provider.
-    """
-
-    codes: pl.DataFrame
-    categories: pl.DataFrame
-    tracking: pl.DataFrame
-    start: datetime
-    end: datetime
-    as_of: datetime | None = None
-
-    def to_polars(self) -> pl.DataFrame:
-        """The top-codes table."""
-        return self.codes
-
-    def _repr_html_(self) -> str:
-        return "\n".join(
-            [
-                f"<h4>실패 분석 {_html_window(self.start, self.end, self.as_of)}</h4>",
-                "<h5>분류</h5>" + _frame_html(self.categories),
-                "<h5>상위 상태 코드</h5>" + _frame_html(self.codes),
-                "<h5>추적 문제 (전달 실패와 따로 집계)</h5>" + _frame_html(self.tracking),
-            ]
-        )
-
-
-@dataclass(frozen=True)
-class FailoverFunnel:
-    """The AlimTalk to SMS/LMS failover funnel, per original AlimTalk message.
-
-    ``stages`` (long): alimtalk, delivered, failed, not_kakao, requested, attempted,
-    sent, skipped, send_failed, in_progress, fallback_tracked, fallback_delivered,
-    reached_any; each with its count and its share of AlimTalk messages and of failed
-    ones. ``rates``: reached by any channel, recovered of failed and the fallback's own
-    delivery, each with Wilson interval and sample size.
-    """
-
-    stages: pl.DataFrame
-    rates: pl.DataFrame
-    start: datetime
-    end: datetime
-    as_of: datetime | None = None
-
-    def to_polars(self) -> pl.DataFrame:
-        """The stage table."""
-        return self.stages
-
-    def _repr_html_(self) -> str:
-        return "\n".join(
-            [
-                f"<h4>알림톡 대체발송 퍼널 {_html_window(self.start, self.end, self.as_of)}</h4>",
-                _frame_html(self.rates),
-                _frame_html(self.stages),
-            ]
-        )
-
-
-@dataclass(frozen=True)
-class StatusDurations:
-    """How long messages sat in each status, from the snapshot history.
-
-    ``durations``: per status, how many messages entered it, left it, are still in it
-    (censored at ``now``) and percentiles of the completed stays. ``transitions``: how
-    many messages moved from one status to the next, and how long they took.
-    """
-
-    durations: pl.DataFrame
-    transitions: pl.DataFrame
-    now: datetime
-    start: datetime
-    end: datetime
-    as_of: datetime | None = None
-
-    def to_polars(self) -> pl.DataFrame:
-        """The per-status table."""
-        return self.durations
-
-    def _repr_html_(self) -> str:
-        return "\n".join(
-            [
-                f"<h4>상태별 체류 시간 {_html_window(self.start, self.end, self.as_of)}</h4>",
-                _frame_html(self.durations),
-                "<h5>상태 전이</h5>" + _frame_html(self.transitions),
-            ]
-        )
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """What changed between a baseline period and a period, and which slices explain it.
-
-    ``overall``: the rate in each period with numerator, denominator and interval, and
-    ``change_pp``. ``slices``: one row per dimension and value, ranked by
-    ``|contribution_pp|``; a slice's contribution is its numerator share of the period
-    minus that of the baseline, so the contributions of one dimension sum exactly to
-    the overall change. ``rate_effect_pp`` is the part due to the slice's own rate
-    moving (at its mean weight), ``mix_effect_pp`` the part due to its share of traffic.
-    """
-
-    overall: pl.DataFrame
-    slices: pl.DataFrame
-    definition: str
-
-    def to_polars(self) -> pl.DataFrame:
-        """The ranked slices."""
-        return self.slices
-
-    def _repr_html_(self) -> str:
-        return "\n".join(
-            [
-                f"<h4>무엇이 바뀌었나 ({html.escape(self.definition)})</h4>",
-                _frame_html(self.overall),
-                _frame_html(self.slices),
-            ]
-        )
 
 
 # --------------------------------------------------------------------------- the analytics
@@ -419,6 +191,7 @@ class DeliveryAnalytics:
             _invalid("min_n", min_n, "a whole number >= 1")
         self.min_n = min_n
         self.tz = _check_tz(tz)
+        self._memo: dict[Any, list[tuple[tuple[str, ...], pl.DataFrame]]] | None = None
 
     def __repr__(self) -> str:
         return f"DeliveryAnalytics({self.store!r})"
@@ -462,7 +235,63 @@ class DeliveryAnalytics:
     def _current(self, flt: RecordFilter, as_of: datetime | None) -> pl.LazyFrame:
         frame = self.store.current(flt) if as_of is None else self.store.current_as_of(as_of)
         partitioned = CURRENT_PARTITION in frame.collect_schema().names()
-        return frame.filter(filter_expr(flt, self._hash, partitioned=partitioned))
+        lo, hi = flt.requested_at_from, flt.requested_at_to
+        if not partitioned or lo is None or hi is None or hi.date() <= lo.date():
+            return frame.filter(filter_expr(flt, self._hash, partitioned=partitioned))
+        return _window_split(
+            frame,
+            filter_expr(replace(flt, requested_at_from=None, requested_at_to=None), self._hash),
+            lo,
+            hi,
+        )
+
+    @contextmanager
+    def _reusing(self) -> Iterator[None]:
+        """Within the block, answers reuse the counts of the earlier ones over the same records.
+
+        The batch report asks for the same window several ways (a summary per provider
+        and per type, a series per provider and overall): inside this block the records
+        are reduced once per window and definition set, and coarser groupings are sums
+        of the finer one. Outside it nothing is kept, so every call sees the lake as it
+        is then.
+        """
+        previous, self._memo = self._memo, {}
+        try:
+            yield
+        finally:
+            self._memo = previous
+
+    def _reduced(
+        self,
+        flt: RecordFilter,
+        as_of: datetime | None,
+        keys: Sequence[pl.Expr | str],
+        columns: frozenset[str],
+        tag: tuple[Any, ...] = (),
+    ) -> pl.DataFrame:
+        """:func:`~kmsg_analytics._metrics.polars_reduce` of the window's records, collected.
+
+        ``tag`` names what the key expressions depend on besides their names (a time
+        bucket's step and zone). Inside :meth:`_reusing`, a reduction at finer keys of
+        the same records is summed up instead of reading the records again.
+        """
+        names = tuple(k if isinstance(k, str) else k.meta.output_name() for k in keys)
+        try:
+            slot: Any = (flt, as_of, columns, tag)
+            hash(slot)
+        except TypeError:  # a filter holding lists: not reusable
+            slot = None
+        cached = self._memo.get(slot, []) if self._memo is not None and slot else []
+        for finer, frame in cached:
+            if set(names) <= set(finer):
+                rest = [
+                    c for c in frame.columns if c != m.WEIGHT and (c in names or c not in finer)
+                ]
+                return frame.group_by(rest).agg(pl.col(m.WEIGHT).sum())
+        out = m.polars_reduce(self._current(flt, as_of), keys, columns).collect()
+        if self._memo is not None and slot:
+            self._memo.setdefault(slot, []).append((names, out))
+        return out
 
     def _history(self, flt: RecordFilter, as_of: datetime | None) -> pl.LazyFrame:
         frame = self.store.history()
@@ -523,7 +352,7 @@ class DeliveryAnalytics:
         keys = summary_keys(by_cols, include_by_provider, include_by_type)
         rates = tuple(m.RATES.values())
         columns = m.metric_columns(m.COUNTS, rates)
-        reduced = m.polars_reduce(self._current(flt, at), keys, columns).collect()
+        reduced = self._reduced(flt, at, keys, columns)
         aggs = m.polars_aggregations(m.COUNTS, rates, weight=m.WEIGHT)
 
         def level(cols: Sequence[str]) -> pl.DataFrame:
@@ -582,8 +411,10 @@ class DeliveryAnalytics:
             requested_at_from=s, requested_at_to=e, provider_id=provider_id, type=type
         )
         keys: list[pl.Expr | str] = [m.time_bucket(step, self.tz), *by_cols]
+        columns = m.metric_columns(m.COUNTS, [rate])
         counts = (
-            m.polars_reduce(self._current(flt, at), keys, m.metric_columns(m.COUNTS, [rate]))
+            self._reduced(flt, at, keys, columns, ("bucket", step, self.tz))
+            .lazy()
             .group_by(["bucket_start", *by_cols])
             .agg(m.polars_aggregations(m.COUNTS, [rate], weight=m.WEIGHT))
             .collect()
@@ -678,12 +509,9 @@ class DeliveryAnalytics:
             "failed_at",
             "status_updated_at",
         )
-        # four narrow streaming passes (each reads only its columns, in bounded memory);
-        # everything after them runs on small tables of counts
-        segment_counts = [
-            q.collect(engine="streaming") for q in _segment_counts(base, by_cols, res)
-        ]
-        km_counts = _km_counts(base, by_cols, moment, res).collect(engine="streaming")
+        # one narrow streaming pass: messages per (group, three gaps, time to delivery,
+        # delivered); everything after it runs on that small table of counts
+        segment_counts, km_counts = _latency_counts(base, by_cols, moment, res)
         naive = _naive_latency(segment_counts, by_cols)
         steps = _km_steps(km_counts, by_cols)
         km = _km_summary(steps, by_cols)
@@ -738,43 +566,70 @@ class DeliveryAnalytics:
             requested_at_from=s, requested_at_to=e, provider_id=provider_id, type=type
         )
         err = pl.col("last_error").struct.field("code")
-        tracked = err.is_in(m.TRACKING_ERROR_CODES).fill_null(False)
+        # one pass over the records: counts per provider, status and code (a few thousand
+        # rows), then everything below works on those weighted rows
+        reduced = (
+            self._current(flt, at)
+            .group_by(
+                [
+                    *code_keys,
+                    "status",
+                    err.alias("__err"),
+                    "provider_status_code",
+                    "provider_status_message",
+                ]
+            )
+            .agg(pl.len().cast(pl.Int64).alias(m.WEIGHT))
+            .collect()
+        )
+        w = pl.col(m.WEIGHT)
+        tracked = pl.col("__err").is_in(m.TRACKING_ERROR_CODES).fill_null(False)
         failed = pl.col("status").is_in(("FAILED", "UNKNOWN")).fill_null(False) & ~tracked
-        flagged = self._current(flt, at).with_columns(
-            tracked.alias("__tracked"), failed.alias("__failed"), err.alias("__err")
-        )
-        # classify only the few failed or tracked messages, not every message
+        flagged = reduced.lazy().with_columns(tracked.alias("__tracked"), failed.alias("__failed"))
         frame = flagged.filter(pl.col("__failed") | pl.col("__tracked")).with_columns(
-            pl.coalesce(pl.col("provider_status_code"), err).fill_null(_NO_CODE).alias("code"),
-            m.failure_category_expr(),
+            pl.coalesce(pl.col("provider_status_code"), pl.col("__err"))
+            .fill_null(_NO_CODE)
+            .alias("code"),
+            m.failure_category_expr(
+                code=pl.coalesce(pl.col("provider_status_code"), pl.col("__err"))
+            ),
         )
+        failures = frame.filter(pl.col("__failed"))
         lazies = {
             "totals": flagged.group_by(code_keys).agg(
-                pl.len().cast(pl.Int64).alias("messages"),
-                pl.col("__failed").sum().cast(pl.Int64).alias("failures"),
+                w.sum().cast(pl.Int64).alias("messages"),
+                w.filter(pl.col("__failed")).sum().cast(pl.Int64).alias("failures"),
             ),
-            "codes": frame.filter(pl.col("__failed"))
-            .group_by([*code_keys, "code"])
+            "codes": failures.group_by([*code_keys, "code"])
             .agg(
-                pl.len().cast(pl.Int64).alias("count"),
-                (pl.col("status") == "FAILED").sum().cast(pl.Int64).alias("failed"),
-                (pl.col("status") == "UNKNOWN").sum().cast(pl.Int64).alias("unknown"),
-                pl.col("provider_status_message")
-                .drop_nulls()
-                .mode()
-                .sort()
-                .first()
-                .alias("message"),
-                pl.col("category").mode().sort().first().alias("category"),
+                w.sum().cast(pl.Int64).alias("count"),
+                w.filter(pl.col("status") == "FAILED").sum().cast(pl.Int64).alias("failed"),
+                w.filter(pl.col("status") == "UNKNOWN").sum().cast(pl.Int64).alias("unknown"),
+            )
+            .join(
+                _weighted_mode(failures, [*code_keys, "code"], "provider_status_message"),
+                on=[*code_keys, "code"],
+                how="left",
+                nulls_equal=True,
+            )
+            .rename({"provider_status_message": "message"})
+            .join(
+                _weighted_mode(failures, [*code_keys, "code"], "category"),
+                on=[*code_keys, "code"],
+                how="left",
+                nulls_equal=True,
             ),
-            "categories": frame.filter(pl.col("__failed"))
-            .group_by([*by_cols, "category"])
-            .agg(pl.len().cast(pl.Int64).alias("count")),
+            "categories": failures.group_by([*by_cols, "category"]).agg(
+                w.sum().cast(pl.Int64).alias("count")
+            ),
             "tracking": frame.filter(pl.col("__tracked"))
             .group_by([*code_keys, "__err"])
             .agg(
-                pl.len().cast(pl.Int64).alias("count"),
-                pl.col("status").is_in(POLLABLE_STATUSES).sum().cast(pl.Int64).alias("in_flight"),
+                w.sum().cast(pl.Int64).alias("count"),
+                w.filter(pl.col("status").is_in(POLLABLE_STATUSES))
+                .sum()
+                .cast(pl.Int64)
+                .alias("in_flight"),
             )
             .rename({"__err": "code"}),
         }
@@ -820,14 +675,32 @@ class DeliveryAnalytics:
         flt = RecordFilter(
             requested_at_from=s, requested_at_to=e, provider_id=provider_id, type="ALIMTALK"
         )
-        originals = self._current(flt, at).filter(
-            ~pl.col("message_id").str.ends_with(":api-fallback")
-        )
         fallbacks = (
             self._current(RecordFilter(requested_at_from=s), at)
-            .filter(pl.col("message_id").str.ends_with(":api-fallback"))
+            .filter(pl.col("message_id").str.ends_with(_FALLBACK))
             .select(pl.col("message_id").alias("__fb_id"), pl.col("status").alias("__fb_status"))
+            .collect()
         )
+        originals = self._current(flt, at)
+        if fallbacks.height:
+            # an original X finds its fallback "X:api-fallback" by X itself: no string
+            # is built per message
+            originals = originals.filter(~pl.col("message_id").str.ends_with(_FALLBACK)).join(
+                fallbacks.lazy().select(
+                    pl.col("__fb_id").str.strip_suffix(_FALLBACK).alias("message_id"),
+                    pl.col("__fb_status").alias("__fb_implicit"),
+                ),
+                on="message_id",
+                how="left",
+            )
+        # AlimTalk messages share a few thousand distinct metadata texts: read the JSON of
+        # each text once, not of each message
+        if fallbacks.height:
+            reduced = originals.group_by([*by_cols, "status", "metadata", "__fb_implicit"]).agg(
+                pl.len().cast(pl.Int64).alias(m.WEIGHT)
+            )
+        else:  # no fallback record at all (so no original ends with the suffix either)
+            reduced = _by_metadata(originals, by_cols)
         meta = pl.col("metadata")
 
         def attempt(snake: str, camel: str) -> pl.Expr:
@@ -841,26 +714,47 @@ class DeliveryAnalytics:
             attempt("outcome", "outcome"),
             pl.when(status.is_in(("sent", "failed", "skipped"))).then(status),
         )
-        frame = originals.with_columns(
-            pl.coalesce(
-                attempt("fallback_message_id", "fallbackMessageId"),
-                pl.col("message_id") + ":api-fallback",
-            ).alias("__fb_id"),
-            (meta.str.json_path_match("$.failover.request.enabled") == "true")
-            .fill_null(False)
-            .alias("__req"),
-            (attempt("attempted", "attempted") == "true").fill_null(False).alias("__att"),
-            outcome.alias("__out"),
-        ).join(fallbacks, on="__fb_id", how="left")
-        # the taxonomy only for the few failed messages, not every AlimTalk
-        not_kakao = (
-            (m.failure_category_expr() == "not_kakao").sum().cast(pl.Int64).alias("not_kakao")
+        texts = (
+            reduced.select("metadata")
+            .unique()
+            .with_columns(
+                attempt("fallback_message_id", "fallbackMessageId").alias("__fb_id"),
+                (meta.str.json_path_match("$.failover.request.enabled") == "true")
+                .fill_null(False)
+                .alias("__req"),
+                (attempt("attempted", "attempted") == "true").fill_null(False).alias("__att"),
+                outcome.alias("__out"),
+            )
         )
-        failed_only = originals.filter(pl.col("status") == "FAILED")
+        explicit = fallbacks.lazy().rename({"__fb_status": "__fb_explicit"})
+        frame = (
+            reduced.join(texts, on="metadata", how="left", nulls_equal=True)
+            .join(explicit, on="__fb_id", how="left")
+            .with_columns(
+                pl.when(pl.col("__fb_id").is_null())
+                .then(pl.col("__fb_implicit"))
+                .otherwise(pl.col("__fb_explicit"))
+                .alias("__fb_status")
+            )
+        )
+        # the taxonomy only for the few distinct failures, not every AlimTalk
+        err = pl.col("last_error").struct.field("code")
+        code_cols = ["provider_id", "provider_status_code", "provider_status_message"]
+        failed_only = (
+            originals.filter(pl.col("status") == "FAILED")
+            .group_by([*dict.fromkeys([*by_cols, *code_cols]), err.alias("__err")])
+            .agg(pl.len().cast(pl.Int64).alias(m.WEIGHT))
+        )
+        category = m.failure_category_expr(
+            code=pl.coalesce(pl.col("provider_status_code"), pl.col("__err"))
+        )
+        not_kakao = (
+            pl.col(m.WEIGHT).filter(category == "not_kakao").sum().cast(pl.Int64).alias("not_kakao")
+        )
         st = pl.col("status")
         fb_delivered = (pl.col("__fb_status") == "DELIVERED").fill_null(False)
         stage_exprs: dict[str, tuple[str, pl.Expr | None]] = {
-            "alimtalk": ("알림톡 발송", pl.col("message_id").is_not_null()),
+            "alimtalk": ("알림톡 발송", pl.lit(True)),
             "delivered": ("알림톡 성공", st == "DELIVERED"),
             "failed": ("알림톡 실패", st == "FAILED"),
             "not_kakao": ("실패 중 카카오톡 미사용자", None),
@@ -878,7 +772,7 @@ class DeliveryAnalytics:
             ),
         }
         aggs = [
-            expr.fill_null(False).sum().cast(pl.Int64).alias(k)
+            pl.col(m.WEIGHT).filter(expr.fill_null(False)).sum().cast(pl.Int64).alias(k)
             for k, (_l, expr) in stage_exprs.items()
             if expr is not None
         ]
@@ -982,7 +876,8 @@ class DeliveryAnalytics:
             requested_at_from=s, requested_at_to=e, provider_id=provider_id, type=type
         )
         snaps = self._history(flt, at)
-        counts = _maturity_counts(snaps, by_cols, ages_us, moment, rate)
+        ids = self.store.current().select("message_id")  # every message, once
+        counts = maturity_counts(snaps, ids, by_cols, ages_us, moment, rate)
         age_frame = pl.DataFrame(
             {"idx": list(range(len(ages_us))), "age": labels, "age_s": [a / 1e6 for a in ages_us]},
             schema={"idx": pl.Int32, "age": pl.String, "age_s": pl.Float64},
@@ -1042,8 +937,8 @@ class DeliveryAnalytics:
         flt = RecordFilter(
             requested_at_from=s, requested_at_to=e, provider_id=provider_id, type=type
         )
-        path = _status_path(self._history(flt, at), by_cols).collect()
-        durations, transitions = _durations_tables(path, by_cols, moment)
+        path = status_path(self._history(flt, at), by_cols).collect()
+        durations, transitions = durations_tables(path, by_cols, moment)
         return StatusDurations(durations, transitions, moment, s, e, at)
 
     # ------------------------------------------------------------------ 8. what changed
@@ -1088,15 +983,13 @@ class DeliveryAnalytics:
             "period": _window(*_pair(period, "period")),
             "baseline": _window(*_pair(baseline, "baseline")),
         }
-        hour = (
-            pl.col("requested_at")
-            .dt.convert_time_zone(self.tz)
-            .dt.hour()
-            .cast(pl.String)
-            .str.zfill(2)
-        )
-        key_exprs = [
-            (hour if d == "hour" else pl.col(d).cast(pl.String)).fill_null(_NO_CODE).alias(d)
+        # reduce on the raw values (the hour as a number), format the few rows after
+        hour = pl.col("requested_at").dt.convert_time_zone(self.tz).dt.hour().alias("hour")
+        raw_keys = [hour if d == "hour" else pl.col(d) for d in dims]
+        formatted = [
+            (pl.col(d).cast(pl.String).str.zfill(2) if d == "hour" else pl.col(d).cast(pl.String))
+            .fill_null(_NO_CODE)
+            .alias(d)
             for d in dims
         ]
         lazies = []
@@ -1105,7 +998,8 @@ class DeliveryAnalytics:
                 requested_at_from=s, requested_at_to=e, provider_id=provider_id, type=type
             )
             lazies.append(
-                m.polars_reduce(self._current(flt, at), key_exprs, m.metric_columns((), [rate]))
+                m.polars_reduce(self._current(flt, at), raw_keys, m.metric_columns((), [rate]))
+                .with_columns(formatted)
                 .group_by(dims)
                 .agg(m.polars_aggregations((), [rate], weight=m.WEIGHT))
                 .rename({f"{rate.name}_num": "num", f"{rate.name}_den": "den"})
@@ -1126,7 +1020,6 @@ def _example() -> DeliveryAnalytics:
     on KakaoTalk) and reached the recipient through its SMS fallback; an SMS still in
     flight; an LMS that timed out.
     """
-    from dataclasses import replace
 
     from ._records import TrackingError
     from ._schema import to_micros
@@ -1190,851 +1083,47 @@ def _example() -> DeliveryAnalytics:
     return DeliveryAnalytics(svc, min_n=1)
 
 
-# --------------------------------------------------------------------------- argument checks
+def _by_metadata(originals: pl.LazyFrame, by: Sequence[str]) -> pl.LazyFrame:
+    """Weighted (status, metadata) rows of AlimTalk messages that have no fallback record.
 
-
-def _window(start: Any, end: Any) -> tuple[datetime, datetime]:
-    s = coerce_time(start, "start")
-    e = coerce_time(end, "end")
-    if s > e:
-        _invalid("start", start, f"a time at or before end ({e.isoformat()})")
-    return s, e
-
-
-def _pair(value: Any, name: str) -> tuple[Any, Any]:
-    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
-        _invalid(name, value, "a (start, end) pair")
-    return value[0], value[1]
-
-
-def _as_of(value: Any) -> datetime | None:
-    return None if value is None else coerce_time(value, "as_of")
-
-
-def _fields(by: str | Sequence[str] | None, name: str) -> list[str]:
-    if by is None:
-        return []
-    items = [by] if isinstance(by, str) else list(by)
-    out: list[str] = []
-    for item in items:
-        if item not in GROUP_FIELDS:
-            _invalid(name, item, "some of " + ", ".join(GROUP_FIELDS))
-        if item not in out:
-            out.append(item)
-    return out
-
-
-def _dimensions(dims: Sequence[str]) -> list[str]:
-    items = [dims] if isinstance(dims, str) else list(dims)
-    if not items:
-        _invalid("dimensions", dims, "at least one of " + ", ".join(COMPARE_DIMENSIONS))
-    out: list[str] = []
-    for item in items:
-        if item not in COMPARE_DIMENSIONS:
-            _invalid("dimensions", item, "some of " + ", ".join(COMPARE_DIMENSIONS))
-        if item not in out:
-            out.append(item)
-    return out
-
-
-def _check_tz(tz: str) -> str:
-    try:
-        pl.select(pl.lit(datetime(2026, 1, 1, tzinfo=UTC)).dt.convert_time_zone(tz))
-        ok = isinstance(tz, str)
-    except Exception:
-        ok = False
-    if not ok:
-        _invalid("tz", tz, "an IANA time zone such as 'UTC' or 'Asia/Seoul'")
-    return tz
-
-
-def _every(every: str) -> str:
-    if not isinstance(every, str):
-        _invalid("every", every, "hour, day, week, month or a duration like '15m', '1d'")
-    step = _EVERY_ALIASES.get(every, every)
-    if not _EVERY_RE.match(step):
-        _invalid("every", every, "hour, day, week, month or a duration like '15m', '1d'")
-    return step
-
-
-def _check_bucket_count(start: datetime, end: datetime, step: str) -> None:
-    match = _EVERY_RE.match(step)
-    assert match is not None
-    seconds = int(match[1]) * _UNIT_SECONDS[match[2]]
-    if (end - start).total_seconds() / seconds > _MAX_BUCKETS:
-        msg = f"fewer than {_MAX_BUCKETS:,} buckets (use a larger bucket or a shorter window)"
-        _invalid("every", step, msg)
-
-
-def _duration_us(value: str | timedelta, name: str) -> int:
-    if isinstance(value, timedelta):
-        us = (value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds
-    elif isinstance(value, str) and (match := _DURATION_RE.match(value)):
-        us = round(float(match[1]) * _UNIT_SECONDS[match[2]] * 1_000_000)
-    else:
-        _invalid(name, value, "a timedelta or a duration such as '30s', '5m', '1h', '3d'")
-    if us < 0:
-        _invalid(name, value, "a duration >= 0")
-    return us
-
-
-def _resolution(value: str | timedelta | None) -> int:
-    if value is None:
-        return 1
-    us = _duration_us(value, "resolution")
-    if us < 1:
-        _invalid("resolution", value, "a duration of at least 1 microsecond")
-    return us
-
-
-def _age_label(value: str | timedelta) -> str:
-    if isinstance(value, str):
-        return value
-    us = _duration_us(value, "ages")
-    for unit, seconds in (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)):
-        if us and us % (seconds * 1_000_000) == 0:
-            return f"{us // (seconds * 1_000_000)}{unit}"
-    return f"{us / 1e6:g}s"
-
-
-def _ages(ages: Sequence[str | timedelta]) -> tuple[list[str], list[int]]:
-    items = [ages] if isinstance(ages, str | timedelta) else list(ages)
-    if not items:
-        _invalid("ages", ages, "at least one age such as '1h'")
-    pairs = sorted({_duration_us(a, "ages"): _age_label(a) for a in items}.items())
-    return [label for _us, label in pairs], [us for us, _label in pairs]
-
-
-# --------------------------------------------------------------------------- summary helpers
-
-
-def _parity_columns() -> list[pl.Expr]:
-    return [m.polars_parity_rate(f"{n}_num", f"{n}_den", f"{n}_pct") for n in m.KMSG_RATES]
-
-
-def _summary_from_row(
-    row: Mapping[str, Any], min_n: int, start: datetime, end: datetime, as_of: datetime | None
-) -> DeliverySummary:
-    metrics = pl.DataFrame(
-        {
-            "rate": list(m.RATES),
-            "label": [r.label for r in m.RATES.values()],
-            "numerator": [int(row[f"{n}_num"]) for n in m.RATES],
-            "denominator": [int(row[f"{n}_den"]) for n in m.RATES],
-            "definition": [r.definition() for r in m.RATES.values()],
-        },
-        schema={
-            "rate": pl.String,
-            "label": pl.String,
-            "numerator": pl.Int64,
-            "denominator": pl.Int64,
-            "definition": pl.String,
-        },
-    ).with_columns(m.polars_rate_columns("numerator", "denominator", min_n=min_n))
-    metrics = metrics.select(
-        "rate",
-        "label",
-        "numerator",
-        "denominator",
-        "rate_pct",
-        "ci_low_pct",
-        "ci_high_pct",
-        "enough_data",
-        "definition",
-    )
-    return DeliverySummary(
-        total=int(row["total"]),
-        by_status={s: int(row[s.lower()]) for s in DELIVERY_STATUSES},
-        rates=SummaryRates(
-            delivered_of_total_pct=float(row["delivered_of_total_pct"]),
-            failed_of_total_pct=float(row["failed_of_total_pct"]),
-            delivered_of_finalized_pct=float(row["delivered_of_finalized_pct"]),
-        ),
-        metrics=metrics,
-        start=start,
-        end=end,
-        as_of=as_of,
-    )
-
-
-def _summary_rows(group: Mapping[str, DeliverySummary]) -> pl.DataFrame:
-    rows = []
-    for key, summary in group.items():
-        row = summary.to_polars().row(0, named=True)
-        rows.append({"key": key, **row})
-    return pl.DataFrame(rows)
-
-
-# --------------------------------------------------------------------------- latency helpers
-
-
-def _over(expr: pl.Expr, by: Sequence[str]) -> pl.Expr:
-    return expr.over(list(by)) if by else expr
-
-
-def _percentile(col: pl.Expr, per_mille: int) -> pl.Expr:
-    """Inverted-CDF percentile inside an aggregation: the ceil(n*p)-th smallest value."""
-    idx = (col.len().cast(pl.Int64) * per_mille + 999) // 1000 - 1
-    return col.sort().get(idx.clip(lower_bound=0), null_on_oob=True)
-
-
-def _floor(us: pl.Expr, res: int) -> pl.Expr:
-    return us if res <= 1 else (us // res) * res
-
-
-def _segment_counts(base: pl.LazyFrame, by: Sequence[str], res: int) -> list[pl.LazyFrame]:
-    """Per latency segment: how many finished messages took each (floored) duration."""
-    out = []
-    for a, b in SEGMENTS.values():
-        gap = _floor((pl.col(b) - pl.col(a)).dt.total_microseconds().clip(lower_bound=0), res)
-        out.append(
-            base.select(*by, gap.alias("d"))
-            .filter(pl.col("d").is_not_null())
-            .group_by([*by, "d"])
-            .agg(pl.len().cast(pl.Int64).alias("c"))
-        )
-    return out
-
-
-def _naive_latency(counts: Sequence[pl.DataFrame], by: Sequence[str]) -> pl.DataFrame:
-    """Percentiles of finished messages from counts per duration: no sort of the messages.
-
-    Sorted within its group, a cumulative count finds the ceil(n*p)-th smallest
-    duration: the inverted-CDF percentile, exactly what sorting the messages would give.
+    One pass grouped by the metadata text alone (its long strings are hashed once, no
+    multi-column key), counting the two statuses the funnel tells apart; the others
+    become ``""`` (no stage counts any other status).
     """
-    keys = [*by, "segment"]
-    frames = [
-        c.with_columns(pl.lit(name).alias("segment"))
-        for name, c in zip(SEGMENTS, counts, strict=True)
-    ]
-    merged = pl.concat(frames, how="vertical_relaxed").sort([*keys, "d"], nulls_last=True)
-    merged = merged.with_columns(pl.col("c").cum_sum().over(keys).alias("cum"))
-    d, c, n = pl.col("d"), pl.col("c"), pl.col("c").sum()
-    aggs = [
-        pl.lit("finished_only").alias("method"),
-        n.cast(pl.Int64).alias("n"),
-        n.cast(pl.Int64).alias("events"),
-        pl.lit(0, pl.Int64).alias("censored"),
-        *(
-            (d.filter(pl.col("cum") >= (n * p + 999) // 1000).min() / 1e6).alias(f"p{p // 10}_s")
-            for p in PERCENTILES
-        ),
-        *(
-            (c.filter(d <= sec * 1_000_000).sum() / n * 100.0).alias(f"within_{lab}_pct")
-            for lab, sec in WITHIN
-        ),
-    ]
-    return merged.group_by(keys).agg(aggs)
-
-
-def _km_counts(base: pl.LazyFrame, by: Sequence[str], now: datetime, res: int) -> pl.LazyFrame:
-    """Per group and (floored) time to delivery: deliveries (events) and censored messages."""
     st = pl.col("status")
-    end_t = (
-        pl.when(st == "DELIVERED")
-        .then(pl.coalesce(pl.col("delivered_at"), pl.col("status_updated_at")))
-        .when(st.is_in(POLLABLE_STATUSES))
-        .then(pl.lit(now))
-        .when(st == "FAILED")
-        .then(pl.coalesce(pl.col("failed_at"), pl.col("status_updated_at")))
-        .otherwise(pl.col("status_updated_at"))
-    )
-    t = _floor((end_t - pl.col("requested_at")).dt.total_microseconds().clip(lower_bound=0), res)
-    ev = (st == "DELIVERED").fill_null(False)
+    w = m.WEIGHT
     return (
-        base.select(*by, t.alias("t"), ev.alias("ev"))
-        .group_by([*by, "t"])
+        originals.group_by([*by, "metadata"])
         .agg(
-            pl.col("ev").sum().cast(pl.Int64).alias("events"),
-            (~pl.col("ev")).sum().cast(pl.Int64).alias("censored"),
-        )
-    )
-
-
-def _km_steps(counts: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
-    """The Kaplan-Meier curve: at risk and survival at each distinct time, per group."""
-    removed = pl.col("events") + pl.col("censored")
-    return (
-        counts.sort([*by, "t"], nulls_last=True)
-        .with_columns(
-            (_over(removed.sum(), by) - _over(removed.cum_sum(), by) + removed).alias("at_risk")
+            pl.len().cast(pl.Int64).alias(w),
+            (st == "DELIVERED").sum().cast(pl.Int64).alias("__d"),
+            (st == "FAILED").sum().cast(pl.Int64).alias("__f"),
         )
         .with_columns(
-            _over((1.0 - pl.col("events") / pl.col("at_risk")).cum_prod(), by).alias("survival")
+            pl.concat_list("__d", "__f", pl.col(w) - pl.col("__d") - pl.col("__f")).alias(w),
+            pl.concat_list(pl.lit("DELIVERED"), pl.lit("FAILED"), pl.lit("")).alias("status"),
+            pl.lit(None, pl.String).alias("__fb_implicit"),
         )
+        .explode([w, "status"])
+        .filter(pl.col(w) > 0)
+        .drop("__d", "__f")
     )
 
 
-def _km_summary(steps: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
-    t, surv = pl.col("t"), pl.col("survival")
-    aggs = [
-        pl.lit("requested_to_delivered").alias("segment"),
-        pl.lit("kaplan_meier").alias("method"),
-        (pl.col("events") + pl.col("censored")).sum().cast(pl.Int64).alias("n"),
-        pl.col("events").sum().cast(pl.Int64).alias("events"),
-        pl.col("censored").sum().cast(pl.Int64).alias("censored"),
-        *(
-            (t.filter(surv <= 1.0 - p / 1000 + _EPS).min() / 1e6).alias(f"p{p // 10}_s")
-            for p in PERCENTILES
-        ),
-        *(
-            ((1.0 - surv.filter(t <= sec * 1_000_000).last()).fill_null(0.0) * 100.0).alias(
-                f"within_{lab}_pct"
-            )
-            for lab, sec in WITHIN
-        ),
-    ]
-    if not by:
-        return steps.select(aggs) if steps.height else steps.select(aggs).clear()
-    return steps.group_by(list(by), maintain_order=True).agg(aggs)
+def _window_split(frame: pl.LazyFrame, rest: pl.Expr, lo: datetime, hi: datetime) -> pl.LazyFrame:
+    """The rows of ``frame`` matching ``rest`` with ``lo <= requested_at <= hi``.
 
-
-def _km_curve(steps: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
-    share = (1.0 - pl.col("survival")) * 100.0
-    level = (share * 10.0).floor()
-    last = pl.int_range(pl.len()) == pl.len() - 1
-    small = _over(pl.len(), by) <= _CURVE_POINTS
-    keep = small | _over(level.is_first_distinct(), by) | _over(last, by)
-    return steps.filter(keep).select(
-        *by,
-        (pl.col("t") / 1e6).alias("t_s"),
-        "at_risk",
-        "events",
-        "censored",
-        "survival",
-        share.alias("delivered_share_pct"),
-    )
-
-
-# --------------------------------------------------------------------------- failure helpers
-
-
-#: Funnel stages that are a part of the failed AlimTalk (only these get ``pct_of_failed``).
-_OF_FAILED = (
-    "failed", "not_kakao", "requested", "attempted", "sent", "skipped", "send_failed",
-    "in_progress", "fallback_tracked", "fallback_delivered",
-)  # fmt: skip
-
-
-def summary_keys(
-    by_cols: Sequence[str], include_by_provider: bool, include_by_type: bool
-) -> list[str]:
-    """The finest grouping a summary needs: ``by`` plus provider and type when asked for."""
-    extra = [
-        *(["provider_id"] if include_by_provider else []),
-        *(["type"] if include_by_type else []),
-    ]
-    return list(dict.fromkeys([*by_cols, *extra]))
-
-
-def assemble_summary(
-    level: Callable[[Sequence[str]], pl.DataFrame],
-    make: Callable[[Mapping[str, Any]], DeliverySummary],
-    by_cols: Sequence[str],
-    include_by_provider: bool,
-    include_by_type: bool,
-    start: datetime,
-    end: datetime,
-    as_of: datetime | None,
-) -> DeliverySummary:
-    """A :class:`DeliverySummary` from per-level counts (``level(cols)``), whatever the engine."""
-    top = level([]).row(0, named=True)
-    by_provider = by_type = None
-    if include_by_provider:
-        by_provider = {
-            r["provider_id"]: make(r) for r in level(["provider_id"]).iter_rows(named=True)
-        }
-    if include_by_type:
-        by_type = {r["type"]: make(r) for r in level(["type"]).iter_rows(named=True)}
-    breakdown = None
-    if by_cols:
-        breakdown = level(by_cols).select(
-            *by_cols, *(c.name for c in m.COUNTS), *(f"{n}_pct" for n in m.KMSG_RATES)
-        )
-    base = make(top)
-    return DeliverySummary(
-        total=base.total,
-        by_status=base.by_status,
-        rates=base.rates,
-        by_provider=by_provider,
-        by_type=by_type,
-        metrics=base.metrics,
-        breakdown=breakdown,
-        start=start,
-        end=end,
-        as_of=as_of,
-    )
-
-
-def _share(num: pl.Expr, den: pl.Expr, by: Sequence[str]) -> pl.Expr:
-    whole = _over(den, by)
-    return pl.when(whole > 0).then(num / whole * 100.0).otherwise(None)
-
-
-def _category_info() -> tuple[dict[str, str], dict[str, str], dict[str, bool]]:
-    cats = m.FAILURE_CATEGORIES.values()
-    return (
-        {c.key: c.label for c in cats},
-        {c.key: c.action for c in cats},
-        {c.key: c.delivery_failure for c in cats},
-    )
-
-
-def _finish_codes(
-    codes: pl.DataFrame, totals: pl.DataFrame, keys: list[str], top: int
-) -> pl.DataFrame:
-    labels, actions, _f = _category_info()
-    return (
-        codes.join(totals, on=keys, how="left", nulls_equal=True)
-        .with_columns(
-            (pl.col("count") / pl.col("failures") * 100.0).alias("share_of_failures_pct"),
-            (pl.col("count") / pl.col("messages") * 100.0).alias("share_of_messages_pct"),
-            pl.col("category")
-            .replace_strict(labels, return_dtype=pl.String)
-            .alias("category_label"),
-            pl.col("category").replace_strict(actions, return_dtype=pl.String).alias("action"),
-        )
-        .sort(
-            [*keys, "count", "code"],
-            descending=[*([False] * len(keys)), True, False],
-            nulls_last=True,
-        )
-        .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(keys).alias("rank"))
-        .filter(pl.col("rank") <= top)
-        .select(
-            *keys,
-            "rank",
-            "code",
-            "message",
-            "count",
-            "failed",
-            "unknown",
-            "share_of_failures_pct",
-            "share_of_messages_pct",
-            "category",
-            "category_label",
-            "action",
-        )
-    )
-
-
-def _finish_categories(
-    cats: pl.DataFrame, tracking: pl.DataFrame, totals: pl.DataFrame, by: list[str]
-) -> pl.DataFrame:
-    labels, actions, failure = _category_info()
-    tracked = (
-        tracking.group_by(by).agg(pl.col("count").sum())
-        if by
-        else tracking.select(pl.col("count").sum())
-    )
-    tracked = tracked.with_columns(pl.lit("tracking").alias("category")).select(
-        *by, "category", "count"
-    )
-    groups = (
-        totals.group_by(by).agg(pl.col("failures").sum())
-        if by
-        else totals.select(pl.col("failures").sum())
-    )
-    categories = pl.DataFrame({"category": list(m.FAILURE_CATEGORIES)})
-    grid = groups.select(by).join(categories, how="cross") if by else categories
-    order = {k: i for i, k in enumerate(m.FAILURE_CATEGORIES)}
-    merged = pl.concat(
-        [cats.filter(pl.col("category") != "tracking"), tracked], how="vertical_relaxed"
-    )
-    out = grid.join(merged, on=[*by, "category"], how="left", nulls_equal=True).with_columns(
-        pl.col("count").fill_null(0).cast(pl.Int64)
-    )
-    out = (
-        out.join(groups, on=by, how="left", nulls_equal=True)
-        if by
-        else out.with_columns(
-            pl.lit(groups.item() if groups.height else 0, pl.Int64).alias("failures")
-        )
-    )
-    is_failure = pl.col("category").replace_strict(failure, return_dtype=pl.Boolean)
-    return (
-        out.with_columns(
-            pl.col("category").replace_strict(labels, return_dtype=pl.String).alias("label"),
-            is_failure.alias("delivery_failure"),
-            pl.when(is_failure & (pl.col("failures") > 0))
-            .then(pl.col("count") / pl.col("failures") * 100.0)
-            .otherwise(None)
-            .alias("share_of_failures_pct"),
-            pl.col("category").replace_strict(actions, return_dtype=pl.String).alias("action"),
-            pl.col("category").replace_strict(order, return_dtype=pl.Int32).alias("__o"),
-        )
-        .sort([*by, "__o"], nulls_last=True)
-        .select(
-            *by, "category", "label", "count", "delivery_failure", "share_of_failures_pct", "action"
-        )
-    )
-
-
-def _finish_tracking(tracking: pl.DataFrame, totals: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
-    action = m.FAILURE_CATEGORIES["tracking"].action
-    return (
-        tracking.join(totals.select(*keys, "messages"), on=keys, how="left", nulls_equal=True)
-        .with_columns(
-            pl.col("code")
-            .replace_strict(_TRACKING_LABELS, default="", return_dtype=pl.String)
-            .alias("label"),
-            (pl.col("count") / pl.col("messages") * 100.0).alias("share_of_messages_pct"),
-            pl.lit(action).alias("action"),
-        )
-        .sort(
-            [*keys, "count", "code"],
-            descending=[*([False] * len(keys)), True, False],
-            nulls_last=True,
-        )
-        .select(*keys, "code", "label", "count", "in_flight", "share_of_messages_pct", "action")
-    )
-
-
-# --------------------------------------------------------------------------- history helpers
-
-
-def _maturity_counts(
-    snaps: pl.LazyFrame,
-    by: Sequence[str],
-    ages_us: Sequence[int],
-    now: datetime,
-    rate: m.RateMetric,
-) -> pl.DataFrame:
-    """Numerator, denominator and cohort size per group and age index, by change events.
-
-    Each message contributes its flags at age ``i`` (the state of its latest snapshot
-    recorded by ``requested_at + ages[i]``) while ``i`` is at most its last observable
-    age. Instead of a message x age grid we emit +/- deltas where a message's state
-    changes, where it enters (age 0) and where it stops being observable, and take a
-    cumulative sum over the ages per group.
+    A ``requested_date`` partition holds the messages requested on that (UTC) day, so
+    the days strictly inside the window need no ``requested_at`` test at all: only the
+    first and last day's files are filtered row by row, and the others are read without
+    their ``requested_at`` column (unless the query needs it).
     """
-    k = len(ages_us)
-    num_p = rate.numerator & rate.denominator
-    den_p = rate.denominator
-    none_num, none_den = (
-        pl.DataFrame(
-            {"status": [None], "provider_message_id": [None], "last_error": [None]},
-            schema={
-                "status": pl.String,
-                "provider_message_id": pl.String,
-                "last_error": pl.Struct({"code": pl.String, "message": pl.String}),
-            },
-        )
-        .select(
-            num_p.polars().cast(pl.Int64).alias("num"), den_p.polars().cast(pl.Int64).alias("den")
-        )
-        .row(0)
+    day = pl.col(CURRENT_PARTITION)
+    inner = frame.filter(rest & (day > lo.date()) & (day < hi.date()))
+    edges = frame.filter(
+        rest
+        & day.is_in([lo.date(), hi.date()])
+        & (pl.col("requested_at") >= lo)
+        & (pl.col("requested_at") <= hi)
     )
-    age = (pl.col("recorded_at") - pl.col("requested_at")).dt.total_microseconds()
-    idx = pl.sum_horizontal([(age > a).cast(pl.Int32) for a in ages_us]).cast(pl.Int32)
-    observable = (pl.lit(now) - pl.col("requested_at")).dt.total_microseconds()
-    last_idx = (pl.sum_horizontal([(observable >= a).cast(pl.Int32) for a in ages_us]) - 1).cast(
-        pl.Int32
-    )
-    base = snaps.select(
-        "message_id",
-        *by,
-        "requested_at",
-        snapshot_key().alias("key"),
-        idx.alias("idx"),
-        num_p.polars().cast(pl.Int64).alias("f_num"),
-        den_p.polars().cast(pl.Int64).alias("f_den"),
-    )
-    cohort = (
-        base.group_by("message_id")
-        .agg(*(pl.col(c).first() for c in by), pl.col("requested_at").first())
-        .with_columns(last_idx.alias("m"))
-        .select("message_id", *by, "m")
-    )
-    messages = cohort.filter(pl.col("m") >= 0)
-    changes = (
-        base.filter(pl.col("idx") < k)
-        .filter(pl.col("key") == pl.col("key").max().over(["message_id", "idx"]))
-        .sort(["message_id", "idx"])
-        .filter(pl.col("key") == pl.col("key").cum_max().over("message_id"))
-        .select("message_id", "idx", "f_num", "f_den")
-        .join(messages, on="message_id", how="inner")
-        .filter(pl.col("idx") <= pl.col("m"))
-        .sort(["message_id", "idx"])
-        .with_columns(
-            pl.col("f_num").shift(1, fill_value=none_num).over("message_id").alias("p_num"),
-            pl.col("f_den").shift(1, fill_value=none_den).over("message_id").alias("p_den"),
-        )
-    )
-    last_state = changes.group_by("message_id").agg(
-        pl.col("f_num").sort_by("idx").last(), pl.col("f_den").sort_by("idx").last()
-    )
-    entries = messages.select(
-        "m",
-        *by,
-        pl.lit(0, pl.Int32).alias("idx"),
-        pl.lit(none_num, pl.Int64).alias("d_num"),
-        pl.lit(none_den, pl.Int64).alias("d_den"),
-        pl.lit(1, pl.Int64).alias("d_msg"),
-    )
-    moves = changes.select(
-        *by,
-        "idx",
-        (pl.col("f_num") - pl.col("p_num")).alias("d_num"),
-        (pl.col("f_den") - pl.col("p_den")).alias("d_den"),
-        pl.lit(0, pl.Int64).alias("d_msg"),
-    )
-    exits = (
-        messages.filter(pl.col("m") + 1 < k)
-        .join(last_state, on="message_id", how="left")
-        .select(
-            *by,
-            (pl.col("m") + 1).cast(pl.Int32).alias("idx"),
-            (-pl.col("f_num").fill_null(none_num)).alias("d_num"),
-            (-pl.col("f_den").fill_null(none_den)).alias("d_den"),
-            pl.lit(-1, pl.Int64).alias("d_msg"),
-        )
-    )
-    deltas, groups = pl.collect_all(
-        [
-            pl.concat([entries.drop("m"), moves, exits], how="vertical_relaxed")
-            .group_by([*by, "idx"])
-            .agg(pl.col("d_num").sum(), pl.col("d_den").sum(), pl.col("d_msg").sum()),
-            cohort.select(by).unique() if by else cohort.select(pl.len()),
-        ]
-    )
-    grid = pl.DataFrame({"idx": list(range(k))}, schema={"idx": pl.Int32})
-    if by:
-        grid = groups.join(grid, how="cross")
-    return (
-        grid.join(deltas, on=[*by, "idx"], how="left", nulls_equal=True)
-        .with_columns(pl.col("d_num", "d_den", "d_msg").fill_null(0))
-        .sort([*by, "idx"], nulls_last=True)
-        .with_columns(
-            _over(pl.col("d_msg").cum_sum(), by).alias("messages"),
-            _over(pl.col("d_num").cum_sum(), by).alias("numerator"),
-            _over(pl.col("d_den").cum_sum(), by).alias("denominator"),
-        )
-        .drop("d_num", "d_den", "d_msg")
-    )
-
-
-def _status_path(snaps: pl.LazyFrame, by: Sequence[str]) -> pl.LazyFrame:
-    """Each message's current-state path: the snapshots where its status changed."""
-    key = snapshot_key()
-    return (
-        snaps.select("message_id", *by, "recorded_at", "seq", "status", key.alias("key"))
-        .sort(["message_id", "recorded_at", "seq"])
-        .filter(pl.col("key") == pl.col("key").cum_max().over("message_id"))
-        .filter(pl.col("status") != pl.col("status").shift(1).over("message_id").fill_null(""))
-        .with_columns(
-            pl.col("recorded_at").shift(-1).over("message_id").alias("next_at"),
-            pl.col("status").shift(-1).over("message_id").alias("next_status"),
-        )
-    )
-
-
-def _durations_tables(
-    path: pl.DataFrame, by: Sequence[str], now: datetime
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    gap = (pl.col("next_at") - pl.col("recorded_at")).dt.total_microseconds().clip(lower_bound=0)
-    age = (pl.lit(now) - pl.col("recorded_at")).dt.total_microseconds().clip(lower_bound=0)
-    stays = path.with_columns(gap.alias("d"), age.alias("age"))
-    open_ = pl.col("next_at").is_null() & pl.col("status").is_in(POLLABLE_STATUSES)
-    done = pl.col("d").drop_nulls()
-    durations = (
-        stays.group_by([*by, "status"])
-        .agg(
-            pl.len().cast(pl.Int64).alias("entered"),
-            pl.col("next_at").is_not_null().sum().cast(pl.Int64).alias("left"),
-            open_.sum().cast(pl.Int64).alias("still_in"),
-            *((_percentile(done, p) / 1e6).alias(f"p{p // 10}_s") for p in (500, 900, 950)),
-            (done.mean() / 1e6).alias("mean_s"),
-            (pl.col("age").filter(open_).max() / 1e6).alias("oldest_still_in_s"),
-        )
-        .with_columns(pl.col("status").is_in(TERMINAL_STATUSES).alias("terminal"))
-    )
-    order = {s: i for i, s in enumerate(DELIVERY_STATUSES)}
-    durations = (
-        durations.with_columns(
-            pl.col("status").replace_strict(order, default=99, return_dtype=pl.Int32).alias("__o")
-        )
-        .sort([*by, "__o"], nulls_last=True)
-        .drop("__o")
-        .select(
-            *by,
-            "status",
-            "terminal",
-            "entered",
-            "left",
-            "still_in",
-            "p50_s",
-            "p90_s",
-            "p95_s",
-            "mean_s",
-            "oldest_still_in_s",
-        )
-    )
-    transitions = (
-        stays.filter(pl.col("next_status").is_not_null())
-        .group_by(
-            [*by, pl.col("status").alias("from_status"), pl.col("next_status").alias("to_status")]
-        )
-        .agg(
-            pl.len().cast(pl.Int64).alias("count"),
-            *((_percentile(pl.col("d"), p) / 1e6).alias(f"p{p // 10}_s") for p in (500, 900)),
-        )
-        .sort(
-            [*by, "count", "from_status", "to_status"],
-            descending=[*([False] * len(by)), True, False, False],
-        )
-    )
-    return durations, transitions
-
-
-# --------------------------------------------------------------------------- compare helpers
-
-
-def _compare_overall(
-    cur: pl.DataFrame,
-    base: pl.DataFrame,
-    windows: Mapping[str, tuple[datetime, datetime]],
-    rate: m.RateMetric,
-    min_n: int,
-) -> pl.DataFrame:
-    rows = []
-    for name, frame in (("baseline", base), ("period", cur)):
-        s, e = windows[name]
-        rows.append(
-            {
-                "period": name,
-                "start": s,
-                "end": e,
-                "numerator": int(frame.get_column("num").sum()),
-                "denominator": int(frame.get_column("den").sum()),
-            }
-        )
-    out = pl.DataFrame(rows).with_columns(
-        m.polars_rate_columns("numerator", "denominator", min_n=min_n)
-    )
-    raw = pl.when(pl.col("denominator") > 0).then(
-        pl.col("numerator") / pl.col("denominator") * 100.0
-    )
-    return out.with_columns(
-        pl.lit(rate.name).alias("definition"),
-        (raw - raw.first()).alias("change_pp"),
-    )
-
-
-def _compare_slices(
-    cur: pl.DataFrame, base: pl.DataFrame, dims: Sequence[str], min_n: int, top: int | None
-) -> pl.DataFrame:
-    d1 = cur.get_column("den").sum()
-    d0 = base.get_column("den").sum()
-    frames = []
-    for dim in dims:
-        a = base.group_by(dim).agg(pl.col("num").sum().alias("n0"), pl.col("den").sum().alias("d0"))
-        b = cur.group_by(dim).agg(pl.col("num").sum().alias("n1"), pl.col("den").sum().alias("d1"))
-        frames.append(
-            a.join(b, on=dim, how="full", coalesce=True)
-            .with_columns(pl.col("n0", "d0", "n1", "d1").fill_null(0))
-            .select(
-                pl.lit(dim).alias("dimension"), pl.col(dim).alias("value"), "n0", "d0", "n1", "d1"
-            )
-        )
-    schema = {
-        "dimension": pl.String,
-        "value": pl.String,
-        "n0": pl.Int64,
-        "d0": pl.Int64,
-        "n1": pl.Int64,
-        "d1": pl.Int64,
-    }
-    slices = pl.concat([f.cast(schema) for f in frames]) if frames else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
-    r0 = pl.when(pl.col("d0") > 0).then(pl.col("n0") / pl.col("d0"))
-    r1 = pl.when(pl.col("d1") > 0).then(pl.col("n1") / pl.col("d1"))
-    w0 = pl.col("d0") / d0 if d0 else pl.lit(None, pl.Float64)
-    w1 = pl.col("d1") / d1 if d1 else pl.lit(None, pl.Float64)
-    c1 = pl.col("n1") / d1 if d1 else pl.lit(None, pl.Float64)
-    c0 = pl.col("n0") / d0 if d0 else pl.lit(None, pl.Float64)
-    contribution = (c1 - c0) * 100.0
-    rate_effect = (
-        pl.when(r0.is_not_null() & r1.is_not_null())
-        .then((w0 + w1) / 2.0 * (r1 - r0) * 100.0)
-        .otherwise(0.0)
-    )
-    out = slices.with_columns(
-        (r0 * 100.0).alias("baseline_rate_pct"),
-        (r1 * 100.0).alias("period_rate_pct"),
-        (w0 * 100.0).alias("baseline_share_pct"),
-        (w1 * 100.0).alias("period_share_pct"),
-        contribution.alias("contribution_pp"),
-        pl.when(contribution.is_not_null()).then(rate_effect).alias("rate_effect_pp"),
-        ((pl.min_horizontal("d0", "d1")) >= min_n).alias("enough_data"),
-    ).with_columns((pl.col("contribution_pp") - pl.col("rate_effect_pp")).alias("mix_effect_pp"))
-    out = out.sort(
-        [pl.col("contribution_pp").abs(), "dimension", "value"],
-        descending=[True, False, False],
-        nulls_last=True,
-    ).with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over("dimension").alias("rank"))
-    if top is not None:
-        out = out.filter(pl.col("rank") <= top)
-    return out.rename(
-        {"n0": "baseline_numerator", "d0": "baseline_n", "n1": "period_numerator", "d1": "period_n"}
-    ).select(
-        "dimension",
-        "value",
-        "rank",
-        "contribution_pp",
-        "rate_effect_pp",
-        "mix_effect_pp",
-        "baseline_rate_pct",
-        "period_rate_pct",
-        "baseline_n",
-        "period_n",
-        "baseline_numerator",
-        "period_numerator",
-        "baseline_share_pct",
-        "period_share_pct",
-        "enough_data",
-    )
-
-
-# --------------------------------------------------------------------------- html
-
-
-def _html_window(start: datetime | None, end: datetime | None, as_of: datetime | None) -> str:
-    if start is None or end is None:
-        return ""
-    text = f"{start.isoformat()} ~ {end.isoformat()}"
-    if as_of is not None:
-        text += f" (기준 시점 {as_of.isoformat()})"
-    return f"<small>{html.escape(text)}</small>"
-
-
-def _frame_html(frame: pl.DataFrame, max_rows: int = 40) -> str:
-    if frame.is_empty():
-        return "<p><i>데이터 없음</i></p>"
-    with pl.Config(tbl_rows=max_rows, tbl_cols=30, fmt_str_lengths=80):
-        return frame._repr_html_()
-
-
-def _rate_text(rate: float | None, num: int, den: int) -> str:
-    if rate is None:
-        return f"데이터 부족 (n={den:,})"
-    return f"{rate:.1f}% ({num:,}/{den:,})"
-
-
-def _metrics_html(metrics: pl.DataFrame) -> str:
-    rows = []
-    for r in metrics.iter_rows(named=True):
-        ci = (
-            f"{r['ci_low_pct']:.1f}–{r['ci_high_pct']:.1f}%"
-            if r["ci_low_pct"] is not None and r["ci_high_pct"] is not None
-            else ""
-        )
-        rows.append(
-            "<tr>"
-            f"<td>{html.escape(r['label'])}</td>"
-            f"<td>{html.escape(_rate_text(r['rate_pct'], r['numerator'], r['denominator']))}</td>"
-            f"<td>{ci}</td>"
-            f"<td><small>{html.escape(r['definition'])}</small></td>"
-            "</tr>"
-        )
-    head = "<tr><th>지표</th><th>값 (분자/분모)</th><th>95% 구간</th><th>정의</th></tr>"
-    return "<table>" + head + "".join(rows) + "</table>"
+    return pl.concat([inner, edges], how="vertical")

@@ -523,18 +523,28 @@ def polars_reduce(
     restore: list[pl.Expr] = []
     if "status" in wanted and "status" not in names:
         signature.append(pl.col("status"))
-    if "provider_message_id" in wanted:
-        signature.append(HasGatewayId().polars().alias("__gw"))
-        restore.append(
-            pl.when(pl.col("__gw"))
-            .then(pl.lit("x"))
-            .otherwise(pl.lit(""))
-            .alias("provider_message_id")
-        )
     if "last_error" in wanted:
         signature.append(pl.col("last_error").struct.field("code").alias("__err"))
         restore.append(pl.struct(pl.col("__err").alias("code")).alias("last_error"))
-    out = frame.group_by([*keys, *signature]).agg(pl.len().cast(pl.Int64).alias(WEIGHT))
+    groups = [*keys, *signature]
+    if "provider_message_id" not in wanted:
+        out = frame.group_by(groups).agg(pl.len().cast(pl.Int64).alias(WEIGHT))
+    else:
+        # the gateway-id flag is counted, not grouped by: one key column fewer in the
+        # pass over every record; each group then becomes a row per flag value
+        has = HasGatewayId().polars()
+        counted = frame.group_by(groups).agg(
+            pl.len().cast(pl.Int64).alias(WEIGHT), has.sum().cast(pl.Int64).alias("__gw_n")
+        )
+        out = (
+            counted.with_columns(
+                pl.concat_list(pl.col("__gw_n"), pl.col(WEIGHT) - pl.col("__gw_n")).alias(WEIGHT),
+                pl.concat_list(pl.lit("x"), pl.lit("")).alias("provider_message_id"),
+            )
+            .explode([WEIGHT, "provider_message_id"])
+            .filter(pl.col(WEIGHT) > 0)
+            .drop("__gw_n")
+        )
     if restore:
         helpers = [e.meta.output_name() for e in signature if e.meta.output_name().startswith("__")]
         out = out.with_columns(restore).drop(helpers)

@@ -33,7 +33,7 @@ import polars as pl
 
 from . import _metrics as m
 from ._errors import InvalidRecordError, KmsgAnalyticsError
-from ._records import DELIVERY_STATUSES, RecordFilter, coerce_time
+from ._records import DELIVERY_STATUSES, coerce_time
 
 if TYPE_CHECKING:
     from ._analytics import DeliveryAnalytics
@@ -225,7 +225,26 @@ def collect_report(
     progress: Callable[[str], object] | None = None,
     charts: bool = True,
 ) -> Report:
-    """Run every analysis of the report window (what :func:`build_report` writes)."""
+    """Run every analysis of the report window (what :func:`build_report` writes).
+
+    The analyses share their reductions of the window's records (one pass for the
+    summary and its per-provider and per-type tables, one per time step for the series).
+    """
+    with analytics._reusing():
+        return _collect_report(
+            analytics, since=since, start=start, end=end, progress=progress, charts=charts
+        )
+
+
+def _collect_report(
+    analytics: DeliveryAnalytics,
+    *,
+    since: str | timedelta | None,
+    start: Any,
+    end: Any,
+    progress: Callable[[str], object] | None,
+    charts: bool,
+) -> Report:
     from . import __version__
 
     steps = 10 if charts else 9
@@ -321,8 +340,25 @@ def collect_report(
 
 def _recent_failures(analytics: DeliveryAnalytics, s: datetime, e: datetime) -> pl.DataFrame:
     """The latest failed messages of the window, with masked numbers only."""
-    flt = RecordFilter(requested_at_from=s, requested_at_to=e, status=["FAILED"])
-    frame = analytics.store.list_records(flt, _SAMPLE_ROWS, order_by="requested_at").collect()
+    # list_records' order (requested_at descending, ties by message_id) over only the
+    # columns shown: the store's list_records would decode every column of every failure
+    frame = (
+        analytics.records(s, e)
+        .filter(pl.col("status") == "FAILED")
+        .select(
+            "message_id",
+            "provider_id",
+            "type",
+            "status",
+            "to_masked",
+            "requested_at",
+            "provider_status_code",
+            "provider_status_message",
+        )
+        .sort(["requested_at", "message_id"], descending=[True, False])
+        .head(_SAMPLE_ROWS)
+        .collect()
+    )
     return frame.select(
         "message_id",
         "provider_id",

@@ -1028,3 +1028,105 @@ def test_every_answer_is_small_and_renders() -> None:
         pl.col("method") == "kaplan_meier"
     )
     assert all(v is None or v % 60 == 0 for v in coarse.get_column("p50_s").to_list())
+    with pytest.raises(InvalidRecordError, match="ages"):
+        an.rate_maturity(START, END, ages=[timedelta(seconds=s + 1) for s in range(300)])
+
+
+# --------------------------------------------------------------------------- speed paths
+
+
+def _all_answers(an: DeliveryAnalytics) -> list[Any]:
+    """Every answer over a window of three requested days (so one day lies wholly inside)."""
+    half = START + timedelta(days=1)
+    failures = an.failures(START, END, by=["type"], top=2)
+    funnel = an.failover_funnel(START, END, by="provider_id")
+    durations = an.status_durations(START, END)
+    comparison = an.compare((half, END), (START, half - US))
+    summary = an.summary(START, END, include_by_provider=True, include_by_type=True)
+    return [
+        summary.to_kmsg(),
+        summary.metrics,
+        an.summary(START, END, by=["provider_id", "status"]).breakdown,
+        an.rates(START, END, every="6h", by="provider_id", definition="reached"),
+        an.latency(START, END, by="type").table,
+        an.latency(START, END, by="type").curve,
+        failures.codes,
+        failures.categories,
+        failures.tracking,
+        funnel.stages,
+        funnel.rates,
+        an.rate_maturity(START, END, ages=AGES, by="provider_id"),
+        durations.durations,
+        durations.transitions,
+        comparison.overall,
+        comparison.slices,
+    ]
+
+
+def _same(got: list[Any], want: list[Any]) -> None:
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        if isinstance(a, pl.DataFrame):
+            assert a.schema == b.schema, i
+            assert_rows(a, b.to_dicts())
+        else:
+            assert a == b, i
+
+
+def test_a_lake_answers_like_the_memory_store(tmp_path: Path) -> None:
+    """Partition-pruned windows (inner days read without a row filter), folded or not."""
+    msgs = _seeded_messages(50, seed=11)
+    msgs += [  # on and next to the window's ends
+        Msg(f"edge{i}", PROVIDERS[i % 3], TYPES[i % 3], at, updates=[Update(5, "DELIVERED")])
+        for i, at in enumerate(EDGE_TIMES)
+    ]
+    memory, _model = memory_analytics(msgs)
+    lake = ParquetTrackingStore(tmp_path / "lake", hash_key=TEST_KEY)
+    try:
+        build(lake, msgs, AnalyticsModel(min_n=MIN_N))
+        want = _all_answers(memory)
+        _same(_all_answers(DeliveryAnalytics(lake, min_n=MIN_N)), want)  # merge on read
+        lake.compact(history=False)
+        _same(_all_answers(DeliveryAnalytics(lake, min_n=MIN_N)), want)  # folded
+    finally:
+        lake.close()
+
+
+def test_rate_maturity_when_message_hashes_collide(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hashed message keys that collide are noticed, and the ids themselves are sorted."""
+    import kmsg_analytics._analytics_history as history
+
+    an, model = memory_analytics(_seeded_messages(40, seed=5))
+    now = T0 + timedelta(days=2)
+    expected = [
+        model.maturity(START, END, AGES, "delivered_of_total", now, by)
+        for by in ((), ("provider_id",))
+    ]
+
+    def collide(mid: pl.Expr) -> pl.Expr:  # "m1" and "m2" share a key, and so on
+        return mid.str.len_bytes().cast(pl.UInt64)
+
+    monkeypatch.setattr(history, "_key_hash", collide)
+    for by, want in zip(((), ("provider_id",)), expected, strict=True):
+        got = an.rate_maturity(START, END, ages=AGES, now=now, by=list(by) or None)
+        assert_rows(got, want)
+
+
+def test_a_report_reuses_its_reductions_and_answers_the_same() -> None:
+    an, _model = memory_analytics(_seeded_messages(40, seed=6))
+    alone = [
+        an.summary(START, END, by="provider_id").breakdown,
+        an.summary(START, END, by="type").breakdown,
+        an.rates(START, END, every="1d"),
+    ]
+    with an._reusing():
+        first = an.summary(START, END, include_by_provider=True, include_by_type=True)
+        reused = [
+            an.summary(START, END, by="provider_id").breakdown,
+            an.summary(START, END, by="type").breakdown,
+        ]
+        an.rates(START, END, every="1d", by="provider_id")
+        reused.append(an.rates(START, END, every="1d"))
+        assert an._memo  # the reductions were kept ...
+    assert an._memo is None  # ... only inside the block
+    assert first.total == sum(first.by_status.values())
+    _same(reused, alone)
