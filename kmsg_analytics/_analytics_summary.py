@@ -38,17 +38,7 @@ def _summary_from_row(
             "definition": pl.String,
         },
     ).with_columns(m.polars_rate_columns("numerator", "denominator", min_n=min_n))
-    metrics = metrics.select(
-        "rate",
-        "label",
-        "numerator",
-        "denominator",
-        "rate_pct",
-        "ci_low_pct",
-        "ci_high_pct",
-        "enough_data",
-        "definition",
-    )
+    metrics = metrics.select(m.RATE_TABLE_COLUMNS)
     return DeliverySummary(
         total=int(row["total"]),
         by_status={s: int(row[s.lower()]) for s in DELIVERY_STATUSES},

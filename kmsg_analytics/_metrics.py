@@ -579,6 +579,20 @@ def polars_aggregations(
     return out
 
 
+#: The columns of a table of named rates, in the order reports show them.
+RATE_TABLE_COLUMNS: Final = (
+    "rate",
+    "label",
+    "numerator",
+    "denominator",
+    "rate_pct",
+    "ci_low_pct",
+    "ci_high_pct",
+    "enough_data",
+    "definition",
+)
+
+
 def polars_rate_columns(
     num: str,
     den: str,

@@ -57,6 +57,17 @@ INSTALL_HINT: Final = 'pip install "kmsg-analytics[notebook]"'
 _SINCE_RE: Final = re.compile(r"^\s*([0-9]+)\s*(m|h|d|w)\s*$")
 _SINCE_UNITS: Final = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _SAMPLE_ROWS: Final = 20
+#: The columns of the recent-failures sample (numbers masked), in the order shown.
+_SAMPLE_COLUMNS: Final = (
+    "message_id",
+    "provider_id",
+    "type",
+    "status",
+    "to_masked",
+    "requested_at",
+    "provider_status_code",
+    "provider_status_message",
+)
 _NUMBER_RE: Final = re.compile(r"(?<![0-9*.])01[016789]-?[0-9]{3,4}-?[0-9]{4}(?![0-9.])")
 _SVG_RE: Final = re.compile(r"<svg\b.*?</svg>", re.DOTALL)
 
@@ -275,17 +286,7 @@ def _collect_report(
         by_type = analytics.summary(s, e, by="type").to_polars()
     step = _step(e - s, summary.total, max(by_provider.height, 1), analytics.min_n)
     tables: dict[str, pl.DataFrame] = {
-        "metrics": summary.metrics.select(
-            "rate",
-            "label",
-            "numerator",
-            "denominator",
-            "rate_pct",
-            "ci_low_pct",
-            "ci_high_pct",
-            "enough_data",
-            "definition",
-        ).with_columns(
+        "metrics": summary.metrics.select(m.RATE_TABLE_COLUMNS).with_columns(
             pl.col("rate")
             .replace_strict({k: r.description for k, r in m.RATES.items()}, default="")
             .alias("description")
@@ -345,30 +346,12 @@ def _recent_failures(analytics: DeliveryAnalytics, s: datetime, e: datetime) -> 
     frame = (
         analytics.records(s, e)
         .filter(pl.col("status") == "FAILED")
-        .select(
-            "message_id",
-            "provider_id",
-            "type",
-            "status",
-            "to_masked",
-            "requested_at",
-            "provider_status_code",
-            "provider_status_message",
-        )
+        .select(_SAMPLE_COLUMNS)
         .sort(["requested_at", "message_id"], descending=[True, False])
         .head(_SAMPLE_ROWS)
         .collect()
     )
-    return frame.select(
-        "message_id",
-        "provider_id",
-        "type",
-        "status",
-        "to_masked",
-        "requested_at",
-        "provider_status_code",
-        "provider_status_message",
-    )
+    return frame.select(_SAMPLE_COLUMNS)
 
 
 # --------------------------------------------------------------------------- charts
