@@ -80,16 +80,6 @@ STEPS = (
     "last_page",
 )
 TARGETS = {"open": 3.0}  # seconds; every other step: 1 s
-PAGE_COLUMNS = (
-    "message_id",
-    "requested_at",
-    "provider_id",
-    "type",
-    "status",
-    "to_masked",
-    "provider_status_code",
-    "provider_status_message",
-)
 
 
 def log(message: str) -> None:
@@ -127,7 +117,7 @@ def worker(lake: Path, hash_key: str, tz: str, chart_view: str, steps: list[str]
     import polars as pl
 
     from kmsg_analytics import DeliveryAnalytics, RecordFilter
-    from kmsg_analytics.widgets import TABS, explore
+    from kmsg_analytics.widgets import _RECORD_COLUMNS, TABS, explore
 
     import_s = time.perf_counter() - t0
     zone = ZoneInfo(tz)
@@ -207,7 +197,7 @@ def worker(lake: Path, hash_key: str, tz: str, chart_view: str, steps: list[str]
             )
             started = time.perf_counter()
             base_an.store.count_records(flt)
-            base_an.store.list_records(flt, 20, table * 20).select(PAGE_COLUMNS).collect()
+            base_an.store.list_records(flt, 20, table * 20).select(_RECORD_COLUMNS).collect()
             out["table"] = time.perf_counter() - started
         return out
 
