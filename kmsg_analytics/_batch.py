@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from operator import itemgetter
+from typing import Any, Final
 
 import polars as pl
 import pyarrow as pa
@@ -24,6 +25,7 @@ from ._records import (
     HookContext,
     SendResult,
     SendWarning,
+    _camel,
     _custom_fields,
     coerce_failover,
     coerce_time,
@@ -179,22 +181,9 @@ def sends_to_table(
     careful: Callable[[Any, Any], Any],
 ) -> pa.Table:
     """Lake rows (``send`` snapshots) for many pairs; ``careful`` raises the precise error."""
-    rows = []
-    for i, (context, result) in enumerate(pairs):
-        try:
-            rows.append(_extract(context, result))
-        except Exception:
-            _raise_for(pairs, i, careful)
-    try:
-        frame = pl.DataFrame(
-            rows,
-            schema=dict.fromkeys(_COLUMNS, pl.String) | {"ts": pl.Int64, "scheduled": pl.Int64},
-            orient="row",
-        )
-    except Exception:  # e.g. text that is not valid Unicode: find the pair and say why
-        for i in range(len(pairs)):
-            _raise_for(pairs, i, careful, must_raise=False)
-        raise
+    frame = _read_columnar(pairs, careful)
+    if frame is None:
+        frame = _read_rows(pairs, careful)
     mid, rmid = pl.col("message_id").str.strip_chars(), pl.col("r_message_id").str.strip_chars()
     frame = frame.with_columns(
         message_id=mid,
@@ -285,6 +274,191 @@ def sends_to_table(
         + pl.col("ts").cast(ts_type).dt.month().cast(pl.Int32),
     )
     return out.cast(dict(POLARS_SCHEMA)).to_arrow().cast(SNAPSHOT_SCHEMA)  # type: ignore[arg-type]
+
+
+def _read_rows(
+    pairs: Sequence[tuple[Any, Any]], careful: Callable[[Any, Any], Any]
+) -> pl.DataFrame:
+    """The raw columns, one pair at a time (any shape our single-send path accepts)."""
+    rows = []
+    for i, (context, result) in enumerate(pairs):
+        try:
+            rows.append(_extract(context, result))
+        except Exception:
+            _raise_for(pairs, i, careful)
+    try:
+        return pl.DataFrame(rows, schema=_RAW_SCHEMA, orient="row")
+    except Exception:  # e.g. text that is not valid Unicode: find the pair and say why
+        for i in range(len(pairs)):
+            _raise_for(pairs, i, careful, must_raise=False)
+        raise
+
+
+_RAW_SCHEMA: Final = dict.fromkeys(_COLUMNS, pl.String) | {"ts": pl.Int64, "scheduled": pl.Int64}
+
+#: k-msg's metadata of an ALIMTALK send with no failover request, warnings or custom fields.
+_PLAIN_ALIMTALK_META: Final = _metadata(None, None, [], alimtalk=True)
+
+#: Where each raw column comes from: (the pair's side, the name as :func:`pick` reads it,
+#: aliases, whether it lives in the context's options).
+_SOURCES: Final = {
+    "message_id": ("c", "message_id", (), False),
+    "ts": ("c", "timestamp", ("requestedAt",), False),
+    "type": ("c", "type", (), True),
+    "to": ("c", "to", (), True),
+    "from_": ("c", "from_", ("from",), True),
+    "scheduled": ("c", "scheduled_at", (), True),
+    "custom": ("c", "custom_fields", (), True),
+    "failover": ("c", "failover", (), True),
+    "r_message_id": ("r", "message_id", (), False),
+    "provider_id": ("r", "provider_id", (), False),
+    "pmid": ("r", "provider_message_id", (), False),
+    "r_type": ("r", "type", (), False),
+    "r_to": ("r", "to", (), False),
+    "warnings": ("r", "warnings", (), False),
+}
+_TEXT: Final = ("message_id", "type", "to", "from_", "r_message_id", "provider_id", "pmid",
+                "r_type", "r_to")  # fmt: skip
+_EXTRAS: Final = ("custom", "failover", "warnings")  # values that need Python (metadata)
+
+
+def _spelled(frame: pl.DataFrame, name: str, aliases: tuple[str, ...]) -> pl.Series:
+    """The column :func:`pick` reads for ``name`` (all null when no spelling occurs).
+
+    After Polars reads many mappings, an absent key and a ``None`` value look alike, so
+    :func:`pick`'s rule (the first spelling present wins, even holding ``None``) is
+    exact here only when at most one spelling occurs in the whole batch.
+    """
+    present = [n for n in dict.fromkeys((name, _camel(name), *aliases)) if n in frame.columns]
+    if len(present) > 1:
+        raise _Fallback
+    if not present:
+        return pl.Series(name, [None] * frame.height, pl.Null)
+    return frame.get_column(present[0])
+
+
+def _read_columnar(
+    pairs: Sequence[tuple[Any, Any]], careful: Callable[[Any, Any], Any]
+) -> pl.DataFrame | None:
+    """The raw columns, read by Polars from plain dicts at once; ``None`` when Python must.
+
+    This is the fast path for k-msg's JSON shape and our snake_case mappings: every
+    context and result a plain ``dict``, times as epoch milliseconds. Anything else (our
+    dataclasses, ISO strings, a value of an unexpected type, a key spelled two ways in
+    one batch) is read pair by pair instead. Pairs carrying custom fields, a failover
+    request or warnings get their metadata from the single-pair code.
+    """
+    contexts = [c for c, _ in pairs]
+    results = [r for _, r in pairs]
+    if not all(type(c) is dict for c in contexts) or not all(type(r) is dict for r in results):
+        return None
+    try:
+        columns = _columns_of(contexts, results)
+    except (Exception, pl.exceptions.PanicException):  # the columns cannot hold them:
+        return None  # read pair by pair
+    frame = pl.DataFrame(columns).with_columns(
+        ts=_ms_to_us(pl.col("ts")),
+        scheduled=_ms_to_us(pl.col("scheduled")),
+        from_=pl.when(pl.col("from_") != "").then(pl.col("from_")),
+        pmid=pl.col("pmid").fill_null(""),
+        meta=pl.when((pl.col("type") == "ALIMTALK") | (pl.col("r_type") == "ALIMTALK")).then(
+            pl.lit(_PLAIN_ALIMTALK_META)
+        ),
+    )
+    # what the single-pair reading refuses before any rule: missing text, long numbers
+    refused = pl.any_horizontal(
+        *(pl.col(n).is_null() for n in _TEXT if n not in ("from_", "pmid")),
+        pl.col("ts").is_null(),
+        pl.col("to").str.len_chars() > 64,
+        pl.col("from_").str.len_chars().fill_null(0) > 64,
+    )
+    hits = frame.select(pl.arg_where(refused)).to_series()
+    if hits.len():
+        _raise_for(pairs, int(hits[0]), careful)
+    special = frame.select(pl.arg_where(pl.col("__extra"))).to_series()
+    if special.len():  # custom fields, failover or warnings: the single-pair code says how
+        found: list[str | None] = []
+        for i in special.to_list():
+            try:
+                found.append(_extract(*pairs[i])[11])
+            except Exception:
+                _raise_for(pairs, i, careful)
+        meta = frame.get_column("meta").clone()
+        frame = frame.with_columns(meta.scatter(special, pl.Series(found, dtype=pl.String)))
+    return frame.select(_COLUMNS)
+
+
+def _ms_to_us(ms: pl.Expr) -> pl.Expr:
+    """Epoch milliseconds as microseconds; far-off values stay far off (never wrap around)."""
+    return pl.when(ms.abs() < 10**15).then(ms * 1000).otherwise(ms.sign() * 10**18)
+
+
+#: Keys read as nested mappings; the extras' keys only say whether Python must read them.
+_NESTED: Final = frozenset({"options", "sendOptions"})
+_EXTRA_KEYS: Final = frozenset({"custom_fields", "customFields", "failover", "warnings"})
+
+
+def _frame_of(dicts: list[dict[str, Any]]) -> pl.DataFrame:
+    """Plain dicts as a frame, one column per key; raises when they do not fit in columns.
+
+    All dicts must share one key set (the usual case; else :class:`_Fallback`). Reading
+    one key of every dict into a list is several times faster than ``pl.from_dicts``.
+    Values of the extras' keys (custom fields, failover, warnings) become flags: set
+    where the pair's metadata needs the single-pair code.
+    """
+    keys = tuple(dicts[0])
+    if set(map(len, dicts)) != {len(keys)}:
+        raise _Fallback
+    columns = []
+    for key in keys:  # one list per key: no tuple per dict (fewer objects for the collector)
+        try:
+            values = list(map(itemgetter(key), dicts))
+        except KeyError:  # as many keys, other names
+            raise _Fallback from None
+        if key in _EXTRA_KEYS:
+            flags = [v is not None and not (type(v) is list and not v) for v in values]
+            columns.append(pl.Series(key, flags, pl.Boolean))
+        elif key in _NESTED and all(type(v) is dict for v in values):
+            columns.append(_frame_of(values).to_struct(key))
+        else:
+            if any(type(v) not in _SCALARS for v in values):
+                raise _Fallback
+            columns.append(pl.Series(key, values, strict=True))
+    return pl.DataFrame(columns)
+
+
+_SCALARS: Final = frozenset({str, int, type(None)})
+
+
+def _columns_of(contexts: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each raw column as :func:`_extract` reads it, and ``__extra`` (metadata needs Python)."""
+    sides = {"c": _frame_of(contexts), "r": _frame_of(results)}
+    options = _spelled(sides["c"], "options", ("sendOptions",))
+    if options.dtype != pl.Null:
+        if not isinstance(options.dtype, pl.Struct):
+            raise _Fallback
+        sides["o"] = options.struct.unnest()
+    columns: dict[str, pl.Series] = {}
+    for target, (side, name, aliases, in_options) in _SOURCES.items():
+        series = _spelled(sides[side], name, aliases)
+        if in_options and "o" in sides:  # where a context has options, they hold the value
+            inner = _spelled(sides["o"], name, aliases)
+            series = pl.select(
+                pl.when(options.is_not_null()).then(inner).otherwise(series).alias(target)
+            ).to_series()
+        columns[target] = series.alias(target)
+    for name in _TEXT:
+        if columns[name].dtype not in (pl.String, pl.Null):
+            raise _Fallback
+        columns[name] = columns[name].cast(pl.String)
+    for name in ("ts", "scheduled"):
+        if columns[name].dtype not in (pl.Int64, pl.Null):
+            raise _Fallback
+        columns[name] = columns[name].cast(pl.Int64)
+    extra = [columns[n].fill_null(False).cast(pl.Boolean) for n in _EXTRAS]
+    out: dict[str, Any] = {n: columns[n] for n in (*_TEXT, "ts", "scheduled")}
+    out["__extra"] = pl.select(pl.any_horizontal(extra)).to_series()
+    return out
 
 
 def _raise_for(
