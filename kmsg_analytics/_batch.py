@@ -185,11 +185,13 @@ def sends_to_table(
     if frame is None:
         frame = _read_rows(pairs, careful)
     mid, rmid = pl.col("message_id").str.strip_chars(), pl.col("r_message_id").str.strip_chars()
+    norm = _normalized(frame.get_column("r_to"), frame.get_column("to"), frame.get_column("from_"))
     frame = frame.with_columns(
         message_id=mid,
         pmid=pl.col("pmid").str.strip_chars(),
-        to_norm=normalize_numbers(pl.col("r_to")),
-        from_norm=normalize_numbers(pl.col("from_")),
+        to_norm=norm(frame.get_column("r_to")),
+        from_norm=norm(frame.get_column("from_")),
+        ctx_to_norm=norm(frame.get_column("to")),
     )
     lo, hi = 946_684_800_000_000, 7_258_118_400_000_000  # 2000-01-01 .. 2200-01-01
 
@@ -206,7 +208,7 @@ def sends_to_table(
         ~pl.col("type").is_in(MESSAGE_TYPES),
         ~pl.col("r_type").is_in(MESSAGE_TYPES),
         pl.col("to_norm").is_null(),
-        normalize_numbers(pl.col("to")).is_null(),
+        pl.col("ctx_to_norm").is_null(),
         pl.col("from_").is_not_null() & pl.col("from_norm").is_null(),
         pl.col("ts").is_null() | out_of_range("ts"),
         pl.col("scheduled").is_not_null() & out_of_range("scheduled"),
@@ -217,13 +219,14 @@ def sends_to_table(
         _raise_for(pairs, int(hits[0]), careful)
     ts_type = pl.Datetime("us", "UTC")
     missing, scheduled = pl.col("pmid") == "", pl.col("scheduled").is_not_null()
+    to_n, from_n = frame.get_column("to_norm"), frame.get_column("from_norm")
     out = frame.with_columns(
-        to_hash=hash_numbers(frame.get_column("to_norm"), key),
-        from_hash=hash_numbers(frame.get_column("from_norm"), key),
-        to_masked=mask_numbers(pl.col("to_norm")),
-        from_masked=mask_numbers(pl.col("from_norm")),
-        to_enc=seal_numbers(frame.get_column("to_norm"), cipher, "to"),
-        from_enc=seal_numbers(frame.get_column("from_norm"), cipher, "from_"),
+        to_hash=hash_numbers(to_n, key),
+        from_hash=hash_numbers(from_n, key),
+        to_masked=_distinct(to_n, mask_numbers),
+        from_masked=_distinct(from_n, mask_numbers),
+        to_enc=seal_numbers(to_n, cipher, "to"),
+        from_enc=seal_numbers(from_n, cipher, "from_"),
     ).select(
         seq=pl.lit(0, pl.Int64),
         snapshot_kind=pl.lit("send"),
@@ -274,6 +277,24 @@ def sends_to_table(
         + pl.col("ts").cast(ts_type).dt.month().cast(pl.Int32),
     )
     return out.cast(dict(POLARS_SCHEMA)).to_arrow().cast(SNAPSHOT_SCHEMA)  # type: ignore[arg-type]
+
+
+def _distinct(values: pl.Series, fn: Callable[[pl.Expr], pl.Expr]) -> pl.Series:
+    """``fn`` computed once per distinct value (numbers repeat: senders, regular recipients)."""
+    uniq = values.drop_nulls().unique()
+    mapped = pl.select(fn(pl.lit(uniq))).to_series()
+    return values.replace_strict(uniq, mapped, default=None, return_dtype=pl.String)
+
+
+def _normalized(*columns: pl.Series) -> Callable[[pl.Series], pl.Series]:
+    """Normalisation of the numbers in ``columns``, each distinct number computed once."""
+    numbers = pl.concat([c.cast(pl.String) for c in columns]).drop_nulls().unique()
+    normal = pl.select(normalize_numbers(pl.lit(numbers))).to_series()
+
+    def norm(values: pl.Series) -> pl.Series:
+        return values.replace_strict(numbers, normal, default=None, return_dtype=pl.String)
+
+    return norm
 
 
 def _read_rows(
@@ -420,14 +441,12 @@ def _frame_of(dicts: list[dict[str, Any]]) -> pl.DataFrame:
             columns.append(pl.Series(key, flags, pl.Boolean))
         elif key in _NESTED and all(type(v) is dict for v in values):
             columns.append(_frame_of(values).to_struct(key))
-        else:
-            if any(type(v) not in _SCALARS for v in values):
+        else:  # strict: values of mixed types raise, except booleans among integers
+            series = pl.Series(key, values, strict=True)
+            if series.dtype.is_integer() and any(type(v) is bool for v in values):
                 raise _Fallback
-            columns.append(pl.Series(key, values, strict=True))
+            columns.append(series)
     return pl.DataFrame(columns)
-
-
-_SCALARS: Final = frozenset({str, int, type(None)})
 
 
 def _columns_of(contexts: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, Any]:
