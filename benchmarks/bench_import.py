@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/bench_import.py --n 1000000 [--split] [--work DIR --keep] [--out r.json]
     python benchmarks/bench_import.py --n 1000000 --work DIR --reuse   # table kept before
+    python benchmarks/bench_import.py ... --compare-src DIR  # also the import of another tree
 
 Builds ``--n`` rows of k-msg's default SQLite layout (``ddl-sqlite.sql`` of the k-msg
 fixtures, its indexes included) from :mod:`kmsg_analytics._synthetic`: epoch-millisecond
@@ -16,11 +17,14 @@ own ``VmHWM``, interpreter and imports included):
   table, then ``polars`` ``write_parquet`` of it;
 * import: ``import_kmsg_table(url, new lake)``, end to end (open, read, convert, append,
   bookkeeping, close);
+* with ``--compare-src DIR``, first the same import with the ``kmsg_analytics`` package
+  found in ``DIR`` (e.g. ``git archive HEAD kmsg_analytics | tar -x -C DIR``): before
+  and after a change, in the same run;
 * with ``--split``, the two halves of it alone: our read + convert of every row with
-  nothing appended (and a second pass timing the read alone), and the lake: the rows the
-  import wrote, streamed from its history in 50,000-row batches into a new lake through
-  ``ParquetTrackingStore.append_table``, as the import appends them (compactions
-  included);
+  nothing appended (then, one thread each, the read alone and the conversion alone),
+  and the lake: the rows the import wrote, streamed from its history in 50,000-row
+  batches into a new lake through ``ParquetTrackingStore.append_table`` inside
+  ``bulk()``, as the first import appends them, and the fold at its end;
 * re-import with nothing written;
 * re-import after k-msg-like writes to ``--changed`` of the rows: a poll of every open
   message (``attempt_count + 1``, ``last_checked_at = now``, about 70% reaching
@@ -255,41 +259,61 @@ def work_import(db: Path, lake: Path) -> dict[str, Any]:
 
 
 def work_read_convert(db: Path) -> dict[str, Any]:
-    """Our share without the lake: read and convert every row, append nothing."""
-    from kmsg_analytics._kmsg_convert import NumberHasher, canonical, convert
+    """Our share without the lake: read and convert every row, append nothing.
+
+    Then, each alone (one thread, CPU seconds of this process): the read, and the
+    conversion of the chunks read (held in memory for it).
+    """
+    from kmsg_analytics._kmsg_convert import Converter, NumberHasher, canonical
     from kmsg_analytics._kmsg_source import KmsgSource, Prefetch
     from kmsg_analytics._phone import HashKey
 
+    def converter() -> Converter:
+        hasher = NumberHasher(HashKey(HASH_KEY))
+        return Converter(timestamps="auto", hasher=hasher, keep_numbers=False)
+
+    def prepared(chunk: pl.DataFrame) -> pl.DataFrame:
+        raw = canonical(chunk, source.columns)
+        return raw.with_columns(__fp=raw.hash_rows(), __i=pl.int_range(pl.len(), dtype=pl.UInt32))
+
     started, cpu = time.perf_counter(), time.process_time()
     source = KmsgSource.open(f"sqlite:///{db}", TABLE, None, "auto")
-    hasher = NumberHasher(HashKey(HASH_KEY))
+    conv = converter()
     rows = 0
     with Prefetch(source.chunks(50_000), depth=1) as chunks:
         for chunk in chunks:
-            raw = canonical(chunk, source.columns)
-            raw = raw.with_columns(
-                __fp=raw.hash_rows(), __i=pl.int_range(pl.len(), dtype=pl.UInt32)
-            )
-            good, _bad = convert(raw, timestamps="auto", hasher=hasher, keep_numbers=False)
+            good, _bad = conv.convert(prepared(chunk))
             rows += good.num_rows
     source.close()
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    # the read alone, for the split (a second pass over the same pages)
+    # the read alone (a second pass over the same pages), then the conversion alone
     source = KmsgSource.open(f"sqlite:///{db}", TABLE, None, "auto")
-    mark = time.perf_counter()
-    for chunk in source.chunks(50_000):
-        del chunk
-    read_s = time.perf_counter() - mark
+    mark, mark_cpu = time.perf_counter(), time.process_time()
+    held = [prepared(chunk) for chunk in source.chunks(50_000)]
+    read_s, read_cpu = time.perf_counter() - mark, time.process_time() - mark_cpu
     source.close()
-    return {"rows": int(rows), "seconds": seconds, "pass_cpu_s": cpu, "read_s": read_s}
+    conv = converter()
+    mark, mark_cpu = time.perf_counter(), time.process_time()
+    for raw in held:
+        conv.convert(raw)
+    convert_s, convert_cpu = time.perf_counter() - mark, time.process_time() - mark_cpu
+    return {
+        "rows": int(rows),
+        "seconds": seconds,
+        "pass_cpu_s": cpu,
+        "read_s": read_s,
+        "read_cpu_s": read_cpu,
+        "convert_s": convert_s,
+        "convert_cpu_s": convert_cpu,
+    }
 
 
 def work_lake_append(lake: Path, target: Path) -> dict[str, Any]:
     """The lake's share: the rows the import wrote, appended again as the import does.
 
     The history files of ``lake`` are streamed in 50,000-row batches (one batch per
-    chunk, like the import) into a new lake through ``append_table``, which also runs
-    the compactions the appends trigger.
+    chunk, like the import) into a new lake through ``append_table`` inside the store's
+    ``bulk()`` block, whose end folds them once (as a first import does).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -301,13 +325,21 @@ def work_lake_append(lake: Path, target: Path) -> dict[str, Any]:
     started = time.perf_counter()
     store = ParquetTrackingStore(target, hash_key=HASH_KEY)
     rows = 0
-    for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=50_000):
-            table = pa.Table.from_batches([batch]).select(SNAPSHOT_SCHEMA.names)
-            store.append_table(table.cast(SNAPSHOT_SCHEMA), kind="load")
-            rows += table.num_rows
+    with store.bulk():
+        for path in files:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=50_000):
+                table = pa.Table.from_batches([batch]).select(SNAPSHOT_SCHEMA.names)
+                store.append_table(table.cast(SNAPSHOT_SCHEMA), kind="load")
+                rows += table.num_rows
+        appended = time.perf_counter()
+    folded = time.perf_counter()
     store.close()
-    return {"rows": rows, "seconds": time.perf_counter() - started}
+    return {
+        "rows": rows,
+        "seconds": time.perf_counter() - started,
+        "append_s": appended - started,
+        "fold_s": folded - appended,
+    }
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -317,6 +349,10 @@ def worker(args: argparse.Namespace) -> None:
         result = work_baseline(db, work)
     elif args.op == "import":
         result = work_import(db, work / "lake")
+    elif args.op == "import_other":  # run with PYTHONPATH on another source tree
+        shutil.rmtree(work / "lake-other", ignore_errors=True)
+        result = work_import(db, work / "lake-other")
+        shutil.rmtree(work / "lake-other", ignore_errors=True)
     elif args.op == "read_convert":
         result = work_read_convert(db)
     elif args.op == "lake_append":
@@ -329,13 +365,23 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
-def run_worker(op: str, work: Path) -> dict[str, Any]:
-    """One step in a fresh process: its result, CPU seconds (user + system) and load."""
+def run_worker(op: str, work: Path, *, src: Path | None = None) -> dict[str, Any]:
+    """One step in a fresh process: its result, CPU seconds (user + system) and load.
+
+    ``src``: a directory holding another ``kmsg_analytics`` package, imported instead
+    of this one (e.g. ``git archive HEAD kmsg_analytics | tar -x -C DIR``).
+    """
     load_before = os.getloadavg()[0]
     cmd = [sys.executable, __file__, "_worker", "--op", op, "--work", str(work)]
+    env = None
+    if src is not None:
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
+        }
     out_path = work / f".{op}.out"
     with open(out_path, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True, env=env)
         _pid, status, usage = os.wait4(proc.pid, 0)
         stderr = proc.stderr.read() if proc.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
@@ -359,6 +405,14 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="use the table kept in --work")
     parser.add_argument("--split", action="store_true", help="also time read+convert and the lake")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--compare-src",
+        type=Path,
+        action="append",
+        default=[],
+        help="also time the first import with the kmsg_analytics package in this directory "
+        "(repeatable)",
+    )
     args = parser.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-import-"))
@@ -379,6 +433,12 @@ def main() -> None:
         results["load_start"] = os.getloadavg()
         base = run_worker("baseline", work)
         log(f"baseline: fetch {base['fetch_s']:.2f} s, write_parquet {base['write_s']:.2f} s")
+        results["import_other"] = []
+        for src in args.compare_src:
+            other = run_worker("import_other", work, src=src.resolve())
+            other["src"] = str(src)
+            results["import_other"].append(other)
+            log(f"import ({src}): {other['summary']}")
         first = run_worker("import", work)
         log(f"import: {first['summary']}")
         if args.split:
@@ -416,14 +476,21 @@ def report(r: dict[str, Any], changed: float) -> None:
         ("baseline: sqlite3 fetchall -> pyarrow", base["fetch_s"], None, n, base, ""),
         ("baseline: polars write_parquet", base["write_s"], None, n, base, ""),
         ("baseline: both (fresh process)", base_s, base_cpu, n, base, ""),
-        ("import into a new lake", first["seconds"], first["cpu_s"], n, first, ">= 200,000/s"),
     ]
+    for o in r.get("import_other", []):
+        steps.append((f"import, code in {o['src']}", o["seconds"], o["cpu_s"], n, o, ""))
+    steps.append(
+        ("import into a new lake", first["seconds"], first["cpu_s"], n, first, ">= 200,000/s")
+    )
     if "read_convert" in r:
         rc, la = r["read_convert"], r["lake_append"]
         steps += [
             ("  ours without the lake: read + convert", rc["seconds"], rc["pass_cpu_s"], n, rc, ""),
-            ("    of which the read (JSON chunks)", rc["read_s"], None, n, rc, ""),
-            ("  the lake alone: append_table, 50k batches", la["seconds"], la["cpu_s"], n, la, ""),
+            ("    the read alone", rc["read_s"], rc["read_cpu_s"], n, rc, ""),
+            ("    the conversion alone", rc["convert_s"], rc["convert_cpu_s"], n, rc, ""),
+            ("  the lake alone: bulk append_table + fold", la["seconds"], la["cpu_s"], n, la, ""),
+            ("    of which append_table, 50k batches", la["append_s"], None, n, la, ""),
+            ("    of which the fold at the end", la["fold_s"], None, n, la, ""),
         ]
     same, again = r["reimport_same"], r["reimport_changed"]
     steps += [

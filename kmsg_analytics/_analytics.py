@@ -29,10 +29,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import polars as pl
 
@@ -64,6 +64,7 @@ from ._analytics_failures import (
     _FALLBACK,
     _NO_CODE,
     _OF_FAILED,
+    _failover_fields,
     _finish_categories,
     _finish_codes,
     _finish_tracking,
@@ -191,7 +192,7 @@ class DeliveryAnalytics:
             _invalid("min_n", min_n, "a whole number >= 1")
         self.min_n = min_n
         self.tz = _check_tz(tz)
-        self._memo: dict[Any, list[tuple[tuple[str, ...], pl.DataFrame]]] | None = None
+        self._memo: dict[Any, list[_Reduction]] | None = None
 
     def __repr__(self) -> str:
         return f"DeliveryAnalytics({self.store!r})"
@@ -272,26 +273,39 @@ class DeliveryAnalytics:
         """:func:`~kmsg_analytics._metrics.polars_reduce` of the window's records, collected.
 
         ``tag`` names what the key expressions depend on besides their names (a time
-        bucket's step and zone). Inside :meth:`_reusing`, a reduction at finer keys of
-        the same records is summed up instead of reading the records again.
+        bucket's step and zone). Inside :meth:`_reusing`, a reduction of the same records
+        at finer keys (and at least the same predicate columns) is summed up instead of
+        reading the records again; so is one per UTC hour for no time bucket or a
+        coarser one.
         """
         names = tuple(k if isinstance(k, str) else k.meta.output_name() for k in keys)
         try:
-            slot: Any = (flt, as_of, columns, tag)
+            slot: Any = (flt, as_of)
             hash(slot)
         except TypeError:  # a filter holding lists: not reusable
             slot = None
         cached = self._memo.get(slot, []) if self._memo is not None and slot else []
-        for finer, frame in cached:
-            if set(names) <= set(finer):
-                rest = [
-                    c for c in frame.columns if c != m.WEIGHT and (c in names or c not in finer)
-                ]
-                return frame.group_by(rest).agg(pl.col(m.WEIGHT).sum())
+        for have in cached:
+            derived = _derived(have, names, columns, tag)
+            if derived is not None:
+                return derived
         out = m.polars_reduce(self._current(flt, as_of), keys, columns).collect()
         if self._memo is not None and slot:
-            self._memo.setdefault(slot, []).append((names, out))
+            self._memo.setdefault(slot, []).append(_Reduction(names, columns, tag, out))
         return out
+
+    def _reduce_hourly(self, start: datetime, end: datetime) -> None:
+        """Inside :meth:`_reusing`: reduce the window's records once per UTC hour, provider
+        and type, for every count and rate: the summary, its breakdowns and each series
+        in whole hours, days, weeks or months are then sums of it (one pass, not one
+        each). Does nothing outside the block or in another time zone.
+        """
+        if self._memo is None or self.tz != "UTC":
+            return
+        flt = RecordFilter(requested_at_from=start, requested_at_to=end)
+        keys: list[pl.Expr | str] = [m.time_bucket("1h", self.tz), "provider_id", "type"]
+        columns = m.metric_columns(m.COUNTS, tuple(m.RATES.values()))
+        self._reduced(flt, None, keys, columns, _HOURLY)
 
     def _history(self, flt: RecordFilter, as_of: datetime | None) -> pl.LazyFrame:
         frame = self.store.history()
@@ -696,36 +710,37 @@ class DeliveryAnalytics:
         # AlimTalk messages share a few thousand distinct metadata texts: read the JSON of
         # each text once, not of each message
         if fallbacks.height:
-            reduced = originals.group_by([*by_cols, "status", "metadata", "__fb_implicit"]).agg(
+            by_text = originals.group_by([*by_cols, "status", "metadata", "__fb_implicit"]).agg(
                 pl.len().cast(pl.Int64).alias(m.WEIGHT)
             )
         else:  # no fallback record at all (so no original ends with the suffix either)
-            reduced = _by_metadata(originals, by_cols)
-        meta = pl.col("metadata")
-
-        def attempt(snake: str, camel: str) -> pl.Expr:
-            return pl.coalesce(
-                meta.str.json_path_match(f"$.failover.api_attempt.{snake}"),
-                meta.str.json_path_match(f"$.failover.apiAttempt.{camel}"),
+            by_text = _by_metadata(originals, by_cols)
+        # the taxonomy only for the few distinct failures, not every AlimTalk
+        code_keys = list(dict.fromkeys([*by_cols, "provider_id", "provider_status_code"]))
+        code_keys.append("provider_status_message")
+        failed = originals.filter(pl.col("status") == "FAILED")
+        by_code = failed.group_by(code_keys).agg(pl.len().cast(pl.Int64).alias(m.WEIGHT))
+        # the two passes over the messages, run once (together); the rest works on their rows
+        texts_done, codes_done = pl.collect_all([by_text, by_code])
+        psc = pl.col("provider_status_code")
+        columns = [*code_keys, "__err", m.WEIGHT]
+        failed_only = codes_done.lazy().with_columns(pl.lit(None, pl.String).alias("__err"))
+        if codes_done.get_column("provider_status_code").null_count():
+            # only failures without a gateway code are classified by their error code: the
+            # error struct (slow to read) is read for them alone
+            err = pl.col("last_error").struct.field("code").alias("__err")
+            failed_only = pl.concat(
+                [
+                    failed_only.filter(psc.is_not_null()).select(columns),
+                    failed.filter(psc.is_null())
+                    .group_by([*code_keys, err])
+                    .agg(pl.len().cast(pl.Int64).alias(m.WEIGHT))
+                    .select(columns),
+                ]
             )
-
-        status = attempt("status", "status")
-        outcome = pl.coalesce(
-            attempt("outcome", "outcome"),
-            pl.when(status.is_in(("sent", "failed", "skipped"))).then(status),
-        )
-        texts = (
-            reduced.select("metadata")
-            .unique()
-            .with_columns(
-                attempt("fallback_message_id", "fallbackMessageId").alias("__fb_id"),
-                (meta.str.json_path_match("$.failover.request.enabled") == "true")
-                .fill_null(False)
-                .alias("__req"),
-                (attempt("attempted", "attempted") == "true").fill_null(False).alias("__att"),
-                outcome.alias("__out"),
-            )
-        )
+        reduced = texts_done.lazy()
+        # each distinct metadata text parsed once (a few thousand, not every AlimTalk)
+        texts = _failover_fields(reduced.select("metadata").unique().collect()).lazy()
         explicit = fallbacks.lazy().rename({"__fb_status": "__fb_explicit"})
         frame = (
             reduced.join(texts, on="metadata", how="left", nulls_equal=True)
@@ -736,14 +751,6 @@ class DeliveryAnalytics:
                 .otherwise(pl.col("__fb_explicit"))
                 .alias("__fb_status")
             )
-        )
-        # the taxonomy only for the few distinct failures, not every AlimTalk
-        err = pl.col("last_error").struct.field("code")
-        code_cols = ["provider_id", "provider_status_code", "provider_status_message"]
-        failed_only = (
-            originals.filter(pl.col("status") == "FAILED")
-            .group_by([*dict.fromkeys([*by_cols, *code_cols]), err.alias("__err")])
-            .agg(pl.len().cast(pl.Int64).alias(m.WEIGHT))
         )
         category = m.failure_category_expr(
             code=pl.coalesce(pl.col("provider_status_code"), pl.col("__err"))
@@ -984,7 +991,11 @@ class DeliveryAnalytics:
             "baseline": _window(*_pair(baseline, "baseline")),
         }
         # reduce on the raw values (the hour as a number), format the few rows after
-        hour = pl.col("requested_at").dt.convert_time_zone(self.tz).dt.hour().alias("hour")
+        requested = pl.col("requested_at")
+        if self.tz == "UTC":  # the same hour by arithmetic, without a time-zone lookup per row
+            hour = (requested.dt.epoch("us") // 3_600_000_000 % 24).cast(pl.Int8).alias("hour")
+        else:
+            hour = requested.dt.convert_time_zone(self.tz).dt.hour().alias("hour")
         raw_keys = [hour if d == "hour" else pl.col(d) for d in dims]
         formatted = [
             (pl.col(d).cast(pl.String).str.zfill(2) if d == "hour" else pl.col(d).cast(pl.String))
@@ -1108,6 +1119,57 @@ def _by_metadata(originals: pl.LazyFrame, by: Sequence[str]) -> pl.LazyFrame:
         .filter(pl.col(w) > 0)
         .drop("__d", "__f")
     )
+
+
+_HOURLY: Final = ("bucket", "1h", "UTC")
+
+
+@dataclass(frozen=True)
+class _Reduction:
+    """A reduced frame kept inside :meth:`DeliveryAnalytics._reusing`, and what it holds."""
+
+    names: tuple[str, ...]
+    columns: frozenset[str]
+    tag: tuple[Any, ...]
+    frame: pl.DataFrame
+
+
+def _derived(
+    have: _Reduction, names: Sequence[str], columns: frozenset[str], tag: tuple[Any, ...]
+) -> pl.DataFrame | None:
+    """The reduction at ``names``/``columns``/``tag`` as sums of ``have``, if it can be.
+
+    It can when ``have`` keeps every predicate column asked for and finer keys of the
+    same kind, or when ``have`` is per UTC hour and the ask is for no time bucket or for
+    a UTC bucket made of whole hours (hours, days, weeks, months: their bounds are hour
+    bounds, so truncating an hour's start gives the bucket of every moment in it).
+    """
+    if not columns <= have.columns:
+        return None
+    frame = have.frame
+    wanted = set(names)
+    if tag != have.tag:
+        if have.tag != _HOURLY or "bucket_start" not in have.names:
+            return None
+        if tag:
+            if tag[0] != "bucket" or tag[2] != "UTC" or not _whole_hours(tag[1]):
+                return None
+            frame = frame.with_columns(pl.col("bucket_start").dt.truncate(tag[1]))
+        elif "bucket_start" in wanted:  # pragma: no cover - a key named like a bucket
+            return None
+    if not wanted <= set(have.names):
+        return None
+    keep = [
+        c
+        for c in frame.columns
+        if c != m.WEIGHT and (c in wanted or (c not in have.names and c in columns))
+    ]
+    return frame.group_by(keep).agg(pl.col(m.WEIGHT).sum())
+
+
+def _whole_hours(step: str) -> bool:
+    """Are the bounds of buckets of ``step`` (as :func:`_every` gives it) whole UTC hours?"""
+    return step.endswith(("h", "d", "w", "mo"))
 
 
 def _window_split(frame: pl.LazyFrame, rest: pl.Expr, lo: datetime, hi: datetime) -> pl.LazyFrame:

@@ -35,6 +35,53 @@ def _share(num: pl.Expr, den: pl.Expr, by: Sequence[str]) -> pl.Expr:
     return pl.when(whole > 0).then(num / whole * 100.0).otherwise(None)
 
 
+#: The failover fields read from an AlimTalk's metadata: column -> (JSON path, a word the
+#: text must spell out to hold that path). k-msg writes the camelCase spellings.
+_FAILOVER_PATHS: Final = {
+    f"__{case}_{field}": (f"$.failover.{parent}.{key}", parent)
+    for case, parent, names in (
+        ("s", "api_attempt", ("status", "outcome", "fallback_message_id", "attempted")),
+        ("c", "apiAttempt", ("status", "outcome", "fallbackMessageId", "attempted")),
+    )
+    for field, key in zip(("status", "outcome", "fb_id", "attempted"), names, strict=True)
+} | {"__enabled": ("$.failover.request.enabled", "enabled")}
+
+
+def _failover_fields(texts: pl.DataFrame) -> pl.DataFrame:
+    """``__fb_id``, ``__req``, ``__att`` and ``__out`` of each distinct metadata text.
+
+    ``json_path_match`` parses a text once per path, so each path is read only from the
+    texts that can hold it: a JSON text names each of its keys literally unless it holds
+    a backslash (an escape), so a text with no backslash and without the path's last
+    object name has no value there (null, what reading it would give).
+    """
+    meta = pl.col("metadata")
+    escaped = meta.str.contains("\\", literal=True).fill_null(False)
+    columns = []
+    for name, (path, word) in _FAILOVER_PATHS.items():
+        where = texts.select(escaped | meta.str.contains(word, literal=True).fill_null(False))
+        rows = where.to_series().arg_true()
+        found = texts.get_column("metadata").gather(rows).str.json_path_match(path)
+        column = pl.Series(name, [None] * texts.height, dtype=pl.String)
+        columns.append(column.scatter(rows, found) if rows.len() else column)
+    raw = texts.with_columns(columns)
+
+    def attempt(field: str) -> pl.Expr:
+        return pl.coalesce(pl.col(f"__s_{field}"), pl.col(f"__c_{field}"))
+
+    status = attempt("status")
+    outcome = pl.coalesce(
+        attempt("outcome"), pl.when(status.is_in(("sent", "failed", "skipped"))).then(status)
+    )
+    return raw.select(
+        "metadata",
+        attempt("fb_id").alias("__fb_id"),
+        (pl.col("__enabled") == "true").fill_null(False).alias("__req"),
+        (attempt("attempted") == "true").fill_null(False).alias("__att"),
+        outcome.alias("__out"),
+    )
+
+
 def _weighted_mode(frame: pl.LazyFrame, keys: list[str], column: str) -> pl.LazyFrame:
     """Per group of ``keys``: the non-null value of ``column`` with the most weight.
 

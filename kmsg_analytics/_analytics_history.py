@@ -11,16 +11,19 @@ no two ids of the store share a key (a sort of one 8-byte value per message); wh
 do, the snapshots are sorted by the ids themselves. So the answer never depends on the
 hash. Without ``by``, the key and one packed integer per snapshot are sorted as single
 128-bit values by the streaming engine, and the sorted values are then handled a few
-million at a time, so that the memory stays near that of one 16-byte value per snapshot.
+million at a time as plain arrays, so that the memory stays near that of two 16-byte
+values per snapshot.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
+import numpy as np
 import polars as pl
 
 from . import _metrics as m
@@ -40,10 +43,13 @@ _HALF: Final = 1 << 64
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: Place values of the fields packed into one integer per snapshot (see _snapshot_rows).
-_MO: Final = 1 << 8
-_DEN: Final = 1 << 16
-_NUM: Final = 1 << 17
-_NS: Final = 1 << 18
+_MO_BIT: Final = 8
+_DEN_BIT: Final = 16
+_NS_BIT: Final = 18
+_MO: Final = 1 << _MO_BIT
+_DEN: Final = 1 << _DEN_BIT
+_NUM: Final = 1 << (_DEN_BIT + 1)
+_NS: Final = 1 << _NS_BIT
 _SEQ: Final = 1 << 19
 _SEQ_LIMIT: Final = 1 << 44
 
@@ -93,34 +99,28 @@ def _snapshot_rows(
     (key, packed) is sorting by (message, seq), moving two 8-byte columns.
     """
     requested = pl.col("requested_at").dt.epoch("us")
-    age = pl.col("recorded_at").dt.epoch("us") - requested
+    ns = (pl.col("snapshot_kind") == "send").fill_null(False).not_()
+    num_p, den_p = rate.numerator & rate.denominator, rate.denominator
+    # two steps: the times and flags once per snapshot, then the comparisons on them
+    # (comparing the expressions themselves would recompute them for every age)
+    parts = snaps.select(
+        key.alias("__m"),
+        pl.col("seq"),
+        requested.alias("__r"),
+        (pl.col("recorded_at").dt.epoch("us") - requested).alias("__a"),
+        (ns.cast(pl.Int64) * _NS + num_p.polars().cast(pl.Int64) * _NUM).alias("__f"),
+        den_p.polars().cast(pl.Int64).alias("__d"),
+        *by,
+    )
     now_us = int((now - _EPOCH) // timedelta(microseconds=1))
+    age, requested = pl.col("__a"), pl.col("__r")
     # plain comparisons with constants (a search_sorted would leave the streaming engine)
     idx = pl.sum_horizontal([(age > a).cast(pl.Int64) for a in ages_us])
     mo1 = pl.sum_horizontal([(requested <= now_us - a).cast(pl.Int64) for a in ages_us])
-    ns = (pl.col("snapshot_kind") == "send").fill_null(False).not_()
-    num_p, den_p = rate.numerator & rate.denominator, rate.denominator
-    packed = (
-        pl.col("seq") * _SEQ
-        + ns.cast(pl.Int64) * _NS
-        + num_p.polars().cast(pl.Int64) * _NUM
-        + den_p.polars().cast(pl.Int64) * _DEN
-        + mo1 * _MO
-        + idx
-    )
-    return snaps.select(key.alias("__m"), packed.alias("__p"), *by)
-
-
-def _unpacked(field: str) -> pl.Expr:
-    """One field of the packed integer ``__p`` (see :func:`_snapshot_rows`)."""
-    p = pl.col("__p")
-    if field == "ns":
-        return p // _NS % 2 == 1
-    if field in ("num", "den"):
-        return (p // (_NUM if field == "num" else _DEN) % 2).cast(pl.Int64)
-    if field == "mo":
-        return (p // _MO % 256 - 1).cast(pl.Int32)
-    return (p % _MO).cast(pl.Int32)
+    packed = pl.col("seq") * _SEQ + pl.col("__f") + pl.col("__d") * _DEN + mo1 * _MO + idx
+    # a seq the packing cannot hold becomes null (checked after the sort: no second scan)
+    packed = pl.when(pl.col("seq").is_between(0, _SEQ_LIMIT - 1)).then(packed)
+    return parts.select("__m", packed.alias("__p"), *by)
 
 
 def _sorted(rows: pl.LazyFrame) -> pl.DataFrame:
@@ -141,120 +141,196 @@ def _sorted_snapshots(
     Messages are keyed by 63 bits of a hash of their id when that key is unique among
     ``ids`` (every message of the store, one row each: a superset of the messages of
     ``snaps``); otherwise by the ids themselves. Without ``by`` the key and the packed
-    integer are sorted as one 128-bit value (column ``__k``), a value sort faster and
-    smaller than sorting rows by two columns.
+    integer are sorted as one 128-bit value (a value sort, faster and smaller than
+    sorting rows by two columns) and split again.
     """
-    top = snaps.select(pl.col("seq").max()).collect().item()
-    if top is not None and top >= _SEQ_LIMIT:  # pragma: no cover - 17 trillion snapshots
-        msg = f"a snapshot seq of {top} is beyond what rate maturity packs ({_SEQ_LIMIT})"
-        raise ValueError(msg)
     mid = pl.col("message_id")
     key = _key_hash(mid) // 2
     if not _unique_key(ids, key):
-        return _sorted(_snapshot_rows(snaps, by, ages_us, now, rate, mid))
-    rows = _snapshot_rows(snaps, by, ages_us, now, rate, key)
-    if by:
-        return _sorted(rows)
-    wide = (pl.col("__m").cast(pl.Int128) * _HALF + pl.col("__p").cast(pl.Int128)).alias("__k")
-    return rows.select(wide).sort("__k").collect(engine="streaming")
+        out = _sorted(_snapshot_rows(snaps, by, ages_us, now, rate, mid))
+    else:
+        rows = _snapshot_rows(snaps, by, ages_us, now, rate, key)
+        if by:
+            out = _sorted(rows)
+        else:
+            half = pl.lit(_HALF, pl.Int128)  # (a typed literal: twice as fast as an int)
+            wide = pl.col("__m").cast(pl.Int128) * half + pl.col("__p").cast(pl.Int128)
+            k = pl.col("__k")
+            out = (
+                rows.select(wide.alias("__k"))
+                .sort("__k")
+                .select(
+                    (k // half).cast(pl.UInt64).alias("__m"),
+                    k.cast(pl.Int64, wrap_numerical=True).alias("__p"),  # the low 64 bits
+                )
+                .collect(engine="streaming")
+            )
+    if out.get_column("__p").null_count():  # pragma: no cover - 17 trillion snapshots
+        msg = f"a snapshot with no seq or one outside 0..{_SEQ_LIMIT - 1} (44 bits, packed)"
+        raise ValueError(msg)
+    return out
 
 
 def _unique_key(ids: pl.LazyFrame, key: pl.Expr) -> bool:
     """Does ``key`` tell apart every message id of ``ids`` (one row per message)?"""
     keys = ids.select(key.alias("__m")).collect(engine="streaming").to_series()
-    count = keys.len()
-    keys.sort(in_place=True)
-    return int(keys.ne_missing(keys.shift(1)).sum()) == count
+    if keys.null_count():  # pragma: no cover - hashes are never null
+        return False
+    values = np.sort(keys.to_numpy())
+    return not bool(np.any(values[1:] == values[:-1]))
 
 
 #: Rows of sorted snapshots handled at once (bounds the memory of the passes over them).
-_CHUNK_ROWS: Final = 4_000_000
+_CHUNK_ROWS: Final = 2_000_000
+
+_Keys = np.ndarray[Any, Any] | pl.Series
 
 
-def _message_chunks(rows: pl.DataFrame) -> Iterator[pl.DataFrame]:
-    """Slices of ``rows`` of about :data:`_CHUNK_ROWS`, never splitting a message.
+def _message_chunks(
+    rows: pl.DataFrame, by: Sequence[str]
+) -> Iterator[tuple[_Keys, np.ndarray[Any, Any], pl.DataFrame]]:
+    """Slices of the sorted ``rows`` of about :data:`_CHUNK_ROWS`, never splitting a message.
 
-    Cuts fall on the first row of a message: found by a binary search of the sorted
-    key for the key (or, for packed 128-bit values, the key's lowest value) at the cut.
+    Each is the message keys, the packed integers and the ``by`` columns. Cuts fall on
+    the first row of a message, found by a binary search of the sorted keys.
     """
-    column = rows.columns[0]
-    keys = rows.get_column(column)
+    column = rows.get_column("__m")
+    keys: _Keys = column.to_numpy() if column.dtype.is_integer() else column
+    packed = rows.get_column("__p").to_numpy()
     cuts = [0]
-    for at in range(_CHUNK_ROWS, rows.height, _CHUNK_ROWS):
-        value = keys[at]
-        if column == "__k":  # (key, packed) as one value: the message's lowest possible one
-            value = value // _HALF * _HALF
-        cut = int(keys.search_sorted(value, side="left"))
+    for at in range(_CHUNK_ROWS, packed.size, _CHUNK_ROWS):
+        if isinstance(keys, np.ndarray):
+            cut = int(np.searchsorted(keys, keys[at], side="left"))
+        else:
+            cut = int(keys.search_sorted(keys[at], side="left"))
         if cut > cuts[-1]:
             cuts.append(cut)
-    cuts.append(rows.height)
+    cuts.append(packed.size)
+    groups = rows.select(by)
     for lo, hi in itertools.pairwise(cuts):
-        part = rows.slice(lo, hi - lo)
-        if column == "__k":
-            part = part.select(
-                (pl.col("__k") // _HALF).cast(pl.UInt64).alias("__m"),
-                (pl.col("__k") % _HALF).cast(pl.Int64).alias("__p"),
-            )
-        yield part
+        yield keys[lo:hi], packed[lo:hi], groups.slice(lo, hi - lo)
 
 
 def _chunk_events(
-    rows: pl.DataFrame, by: Sequence[str], k: int
+    keys: _Keys, p: np.ndarray[Any, Any], rows: pl.DataFrame, by: Sequence[str], k: int
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """The states, message heads and groups of whole messages sorted by (message, seq).
 
-    ``states``: per group and (start, stop) ages, the flags of the snapshots that are
-    their message's state on those ages; ``heads``: per group, last observable age and
-    first age with a state, how many messages; ``groups``: the groups seen.
+    ``keys`` are the message keys, ``p`` the packed integers (see :func:`_snapshot_rows`)
+    and ``rows`` the ``by`` columns of the same rows. ``states``: per group and (start,
+    stop) ages, the flags of the snapshots that are their message's state on those ages;
+    ``heads``: per group, last observable age and first age with a state, how many
+    messages; ``groups``: the groups seen.
+
+    The passes over the sorted rows are array operations (a message is a run of equal
+    keys): a cumulative minimum from the end finds, for every snapshot, the first age at
+    which a snapshot of higher key is visible. Each state then becomes one integer
+    (group, start, stop, flags) and each message one (group, mo, first visible age), and
+    those few distinct integers are counted.
     """
-    shift = 1 << max(8, (k + 2).bit_length())
+    n = p.size
+    start = np.empty(n, dtype=np.bool_)
+    if isinstance(keys, np.ndarray):
+        np.not_equal(keys[1:], keys[:-1], out=start[1:])
+    else:  # the message ids themselves (hashed keys collided)
+        start[1:] = keys.ne_missing(keys.shift(1)).to_numpy()[1:]
+    start[:1] = True
+    heads_at = np.flatnonzero(start)
+    seg = np.cumsum(start, dtype=np.int64) - 1  # message number of each row
     big = k + 1
-    start = pl.col("__m").ne_missing(pl.col("__m").shift(1))
-    nxt_same = ~start.shift(-1).fill_null(True)
-    seg = start.cast(pl.UInt64).cum_sum() - 1
-    ns, idx = _unpacked("ns"), _unpacked("idx")
+    idx = (p & (_MO - 1)).astype(np.int16)
+    ns = ((p >> _NS_BIT) & 1).astype(np.bool_)
+    # mo + 1 of each message, from its first snapshot by seq (0: not observable at all)
+    mo1 = ((p[heads_at] >> _MO_BIT) & 0xFF).astype(np.int16)
+    # suffix minimums within a message: messages are kept apart by a multiple of ``shift``
+    shift = 1 << max(8, (k + 2).bit_length())
+    offset = seg * shift
 
-    def first(expr: pl.Expr) -> pl.Expr:
-        """The value of ``expr`` at the message's first row, on every row of it."""
-        return pl.when(start).then(expr).forward_fill()
+    def suffix_min(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        enc = offset + values
+        np.minimum.accumulate(enc[::-1], out=enc[::-1])
+        enc -= offset
+        out: np.ndarray[Any, Any] = enc.astype(np.int16)
+        return out
 
-    def suffix_min(value: pl.Expr) -> pl.Expr:
-        """Minimum of ``value`` (0..big) over this and the later rows of the message."""
-        enc = seg * shift + value.cast(pl.UInt64)
-        return (enc.cum_min(reverse=True) % shift).cast(pl.Int32)
-
-    rows = rows.with_columns(
-        first(_unpacked("mo")).alias("__mf"),
-        *(pl.col(b).filter(start).gather(seg).alias(b) for b in by),  # nulls stay nulls
-        suffix_min(pl.when(ns).then(idx).otherwise(big)).alias("__sa"),
-        suffix_min(pl.when(ns).then(big).otherwise(idx)).alias("__sb"),
+    sa = suffix_min(np.where(ns, idx, big))  # smallest idx of this and later non-sends
+    sb = suffix_min(np.where(ns, big, idx))  # ... of this and later sends
+    nxt_same = np.zeros(n, dtype=np.bool_)
+    np.logical_not(start[1:], out=nxt_same[:-1])
+    later_ns = np.full(n, big, dtype=np.int16)
+    later_send = np.full(n, big, dtype=np.int16)
+    np.copyto(later_ns[:-1], sa[1:], where=nxt_same[:-1])
+    np.copyto(later_send[:-1], sb[1:], where=nxt_same[:-1])
+    # a non-send is replaced by a later non-send; a send by any non-send or a later send
+    until = np.where(ns, later_ns, np.minimum(sa[heads_at][seg], later_send))
+    stop = np.minimum(until, mo1[seg])
+    state = (idx < stop) & (idx < k)  # stop <= mo + 1 <= 0 for unobservable messages
+    first_visible = np.minimum(sa[heads_at], sb[heads_at])
+    seen = mo1 > 0
+    flags = (p[state] >> _DEN_BIT) & 3  # numerator * 2 + denominator
+    # each message's group as a number (none without groups), then one integer per state
+    # and per message head, counted
+    span = k + 2
+    state_code = (idx[state].astype(np.int64) * span + stop[state]) * 4 + flags
+    head_code = mo1[seen].astype(np.int64) * span + first_visible[seen]
+    groups = pl.DataFrame()
+    if by:
+        first = rows.select(by).filter(pl.Series(start))
+        groups = first.unique()
+        group = (
+            first.join(
+                groups.with_row_index("__g"),
+                on=list(by),
+                how="left",
+                nulls_equal=True,
+                maintain_order="left",
+            )
+            .get_column("__g")
+            .to_numpy()
+            .astype(np.int64)
+        )
+        state_code += group[seg[state]] * (span * span * 4)
+        head_code += group[seen] * (span * span)
+    count_groups = max(groups.height, 1)
+    code, count = _counted(state_code, count_groups * span * span * 4)
+    states = (
+        pl.DataFrame(
+            {
+                "__g": code // (span * span * 4),
+                "a": (code // (span * 4) % span).astype(np.int32),
+                "b": (code // 4 % span).astype(np.int32),
+                "n": count * (code // 2 % 2),
+                "d": count * (code % 2),
+            }
+        )
+        .group_by("__g", "a", "b")
+        .agg(pl.col("n").sum(), pl.col("d").sum())
     )
-    later_ns = pl.when(nxt_same).then(pl.col("__sa").shift(-1)).otherwise(big)
-    later_send = pl.when(nxt_same).then(pl.col("__sb").shift(-1)).otherwise(big)
-    rows = rows.with_columns(
-        start.alias("__start"),
-        pl.when(ns)
-        .then(later_ns)
-        .otherwise(pl.min_horizontal(first(pl.col("__sa")), later_send))
-        .alias("__u"),
-        first(pl.min_horizontal("__sa", "__sb")).alias("__fv"),
-    ).drop("__m", "__sa", "__sb")
-    observed = rows.lazy().filter(pl.col("__mf") >= 0)
-    stop = pl.min_horizontal(pl.col("__u"), pl.col("__mf") + 1)
-    states, heads, groups = pl.collect_all(
-        [
-            # every snapshot that is some age's state: its flags from idx up to stop
-            observed.filter((idx < stop) & (idx < k))
-            .group_by([*by, idx.alias("a"), stop.alias("b")])
-            .agg(_unpacked("num").sum().alias("n"), _unpacked("den").sum().alias("d")),
-            # every message: counted from age 0 to mf, with no state until fv
-            observed.filter(pl.col("__start"))
-            .group_by([*by, pl.col("__mf").alias("mf"), pl.col("__fv").alias("fv")])
-            .agg(pl.len().cast(pl.Int64).alias("c")),
-            rows.lazy().filter(pl.col("__start")).select(by).unique(),
-        ]
+    code, count = _counted(head_code, count_groups * span * span)
+    heads = pl.DataFrame(
+        {
+            "__g": code // (span * span),
+            "mf": (code // span % span - 1).astype(np.int32),
+            "fv": (code % span).astype(np.int32),
+            "c": count,
+        }
     )
-    return states, heads, groups
+    if by:
+        states = pl.concat([groups.gather(states.get_column("__g")), states], how="horizontal")
+        heads = pl.concat([groups.gather(heads.get_column("__g")), heads], how="horizontal")
+    return states.drop("__g"), heads.drop("__g"), groups
+
+
+def _counted(
+    codes: np.ndarray[Any, Any], size: int
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """The distinct values of ``codes`` (all in ``[0, size)``) and how often each occurs."""
+    if size <= max(1 << 22, 2 * codes.size):
+        counts = np.bincount(codes, minlength=size)
+        found = np.flatnonzero(counts)
+        return found.astype(np.int64), counts[found].astype(np.int64)
+    found, counts = np.unique(codes, return_counts=True)
+    return found.astype(np.int64), counts.astype(np.int64)
 
 
 def maturity_counts(
@@ -284,9 +360,11 @@ def maturity_counts(
         msg = f"at most {MAX_AGES} ages, not {k}"
         raise ValueError(msg)
     none_num, none_den = _none_flags(rate)
-    rows = _sorted_snapshots(snaps, ids, by, ages_us, now, rate)
-    found = [_chunk_events(part, by, k) for part in _message_chunks(rows)]
-    del rows
+    chunks = _message_chunks(_sorted_snapshots(snaps, ids, by, ages_us, now, rate), by)
+    # chunks are independent and their array passes release the interpreter lock: two at
+    # a time (the chunks are views of the sorted arrays; only their passes take memory)
+    with ThreadPoolExecutor(max_workers=max(1, min(2, pl.thread_pool_size()))) as pool:
+        found = list(pool.map(lambda part: _chunk_events(part[0], part[1], part[2], by, k), chunks))
     states = pl.concat([f[0] for f in found]).group_by([*by, "a", "b"]).agg(pl.all().sum())
     heads = pl.concat([f[1] for f in found]).group_by([*by, "mf", "fv"]).agg(pl.all().sum())
     groups = pl.concat([f[2] for f in found]).unique() if by else None

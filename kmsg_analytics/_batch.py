@@ -489,12 +489,15 @@ def _raise_for(
 ) -> None:
     from ._errors import InvalidRecordError
 
-    context, result = pairs[i]
-    try:
-        careful(context, result)
-    except InvalidRecordError as err:
-        expected = str(err).split(": expected ", 1)[-1]
-        raise InvalidRecordError(f"pairs[{i}].{err.field}", err.value, expected) from None
+    # a check can trip on a later pair first: the error names the first bad pair, as a
+    # loop of single sends would (the pairs before ``i`` are re-checked on this error path)
+    for j in range(i + 1) if must_raise else (i,):
+        context, result = pairs[j]
+        try:
+            careful(context, result)
+        except InvalidRecordError as err:
+            expected = str(err).split(": expected ", 1)[-1]
+            raise InvalidRecordError(f"pairs[{j}].{err.field}", err.value, expected) from None
     if must_raise:
         msg = f"pairs[{i}] was refused by the batch checks but accepted alone: please report this"
         raise AssertionError(msg)

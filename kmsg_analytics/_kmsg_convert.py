@@ -5,22 +5,23 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 import polars as pl
 import pyarrow as pa
 
 from ._kmsg_layout import JSON_FIELDS, TEXT_FIELDS, TIME_FIELDS
-from ._loading import mask_numbers, normalize_numbers
+from ._loading import normalize_numbers
 from ._records import DEFAULT_RETENTION_CLASS, DELIVERY_STATUSES, MESSAGE_TYPES, RETENTION_CLASSES
 from ._schema import POLARS_SCHEMA, SNAPSHOT_SCHEMA, dump_json
 
 if TYPE_CHECKING:
     from ._phone import HashKey
 
-__all__ = ["BAD_SCHEMA", "NumberHasher", "canonical", "convert", "latest_time"]
+__all__ = ["BAD_SCHEMA", "Converter", "Memo", "NumberHasher", "canonical", "latest_time"]
 
 #: k-msg's metadata keys that we spell in snake_case (outside ``custom_fields``).
 _METADATA_KEYS: Final = (
@@ -66,12 +67,97 @@ def canonical(frame: pl.DataFrame, columns: Mapping[str, str]) -> pl.DataFrame:
     return frame.select(exprs)
 
 
+class Memo:
+    """Results of a function of distinct text values, computed once and kept across chunks.
+
+    ``compute`` gets the distinct values not seen yet (a non-null ``String`` series) and
+    returns one row of results per value, in ``schema``. :meth:`lookup` gives the
+    results of every value of a chunk, in its order (``null`` for ``null``), at the cost
+    of one hash join once the values are known: recipients, metadata and error texts
+    repeat across the chunks of a table, and are parsed, hashed or masked only once.
+    At most ``limit`` values are kept (past it, those of the last chunk).
+
+    Examples
+    --------
+    >>> memo = Memo(lambda v: v.str.len_chars().alias("n").to_frame(), {"n": pl.UInt32})
+    >>> memo.lookup(pl.Series(["ab", None, "abc", "ab"])).get_column("n").to_list()
+    [2, None, 3, 2]
+    >>> memo.computed
+    2
+    """
+
+    def __init__(
+        self,
+        compute: Callable[[pl.Series], pl.DataFrame],
+        schema: Mapping[str, Any],
+        *,
+        limit: int = 500_000,
+    ) -> None:
+        self.compute = compute
+        self.limit = limit
+        self.computed = 0
+        self._names = list(schema)
+        self._known = pl.DataFrame(
+            schema={_KEY: pl.String, _H: pl.UInt64, **schema, _HIT: pl.Boolean}
+        )
+
+    def forget(self) -> None:
+        """Drop the values kept so far."""
+        self._known = self._known.clear()
+
+    def lookup(self, values: pl.Series) -> pl.DataFrame:
+        """The results of each of ``values`` (a frame of ``schema``, one row per value)."""
+        frame = values.cast(pl.String).alias(_KEY).to_frame().with_columns(_HASHED)
+        joined = self._join(frame)
+        missed = joined.get_column(_HIT).is_null() & frame.get_column(_KEY).is_not_null()
+        if missed.any():  # values not met before: computed once each, filled in
+            rows = missed.arg_true()
+            keys = frame.get_column(_KEY).gather(rows)
+            fresh = keys.unique().to_frame().with_columns(_HASHED)
+            fresh = fresh.hstack(self.compute(fresh.get_column(_KEY)).select(self._names))
+            self.computed += fresh.height
+            filled = keys.to_frame().join(fresh, on=_KEY, how="left", maintain_order="left")
+            joined = joined.with_columns(
+                joined.get_column(c).scatter(rows, filled.get_column(c)) for c in self._names
+            )
+            fresh = fresh.with_columns(pl.lit(True).alias(_HIT))
+            if self._known.height + fresh.height > self.limit:
+                self._known = fresh
+            else:
+                self._known = pl.concat([self._known, fresh], how="vertical")
+                if self._known.n_chunks() > 32:
+                    self._known = self._known.rechunk()
+        return joined.select(self._names)
+
+    def _join(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """The known results of each row, found by the 64-bit hash of its text.
+
+        A join on the hash builds its table from numbers, not from every known text. Two
+        texts sharing a hash (rare beyond belief, but possible) show as a row whose text
+        differs from the one found, or as extra rows: the chunk is then joined on the
+        texts themselves.
+        """
+        joined = frame.join(self._known, on=_H, how="left", maintain_order="left", suffix=_FOUND)
+        if joined.height == frame.height:
+            found = joined.get_column(_KEY + _FOUND)
+            if not (found.is_not_null() & (found != joined.get_column(_KEY))).any():
+                return joined.drop(_KEY + _FOUND)
+        return frame.join(self._known.drop(_H), on=_KEY, how="left", maintain_order="left")
+
+
+_KEY: Final = "__value"
+_H: Final = "__hash"
+_HIT: Final = "__known"
+_FOUND: Final = "__found"
+_HASHED: Final = pl.when(pl.col(_KEY).is_not_null()).then(pl.col(_KEY).hash()).alias(_H)
+
+
 class NumberHasher:
     """Numbers as the lake keeps them: normalised, keyed hash and mask, each computed once.
 
     Recipients repeat across the chunks of a table, so what was computed for a number
-    as written in the source is kept (as a Polars frame, at most ``limit`` numbers) and
-    joined instead of computed again. The HMAC-SHA256 is the one of
+    as written in the source is kept (a :class:`Memo` per column) and joined instead of
+    computed again. The HMAC-SHA256 is the one of
     :meth:`kmsg_analytics._phone.HashKey.hash_normalized`, with the key's inner and outer
     pads hashed once instead of once per number.
 
@@ -100,16 +186,32 @@ class NumberHasher:
         block = secret.ljust(64, b"\0")
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
-        self._known = pl.DataFrame(schema=_NUMBER_SCHEMA)
+        self._memos: dict[str, Memo] = {}
 
-    def lookup(self, values: pl.Series) -> pl.DataFrame:
-        """``norm``, ``hash`` and ``masked`` of each value (``None`` where not a number)."""
-        frame = values.cast(pl.String).alias("n").to_frame()
-        wanted = frame.drop_nulls().unique()
-        found = wanted.join(self._known, on="n", how="inner")
-        missing = wanted.join(self._known, on="n", how="anti")
-        fresh = missing.with_columns(norm=normalize_numbers(pl.col("n"))).with_columns(
-            masked=mask_numbers(pl.col("norm"))
+    def lookup(self, values: pl.Series, *, column: str = "to") -> pl.DataFrame:
+        """``norm``, ``hash`` and ``masked`` of each value (``None`` where not a number).
+
+        ``blank`` tells the values with no character but spaces (``None`` for ``None``).
+
+        ``column`` keeps the numbers of each source column apart (few senders, many
+        recipients: each is joined against its own kind).
+        """
+        memo = self._memos.get(column)
+        if memo is None:
+            memo = self._memos[column] = Memo(self._compute, _NUMBER_SCHEMA, limit=self.limit)
+        return memo.lookup(values)
+
+    def forget(self) -> None:
+        """Drop the numbers kept so far."""
+        for memo in self._memos.values():
+            memo.forget()
+
+    def _compute(self, values: pl.Series) -> pl.DataFrame:
+        norm = _normalize(values)
+        fresh = (
+            norm.alias("norm")
+            .to_frame()
+            .with_columns(masked=_mask(pl.col("norm")), blank=~values.str.contains(_NON_SPACE))
         )
         numbers = fresh.get_column("norm").drop_nulls().unique()
         hashes = pl.DataFrame(
@@ -117,16 +219,7 @@ class NumberHasher:
             schema={"norm": pl.String, "hash": pl.String},
         )
         self.computed += hashes.height
-        fresh = fresh.join(hashes, on="norm", how="left").select(_NUMBER_SCHEMA.keys())
-        mapping = pl.concat([found, fresh], how="vertical")
-        if self._known.height + fresh.height > self.limit:
-            self._known = mapping.rechunk()
-        elif fresh.height:
-            self._known = pl.concat([self._known, fresh], how="vertical")
-            if self._known.n_chunks() > 32:
-                self._known = self._known.rechunk()
-        joined = frame.join(mapping, on="n", how="left", maintain_order="left")
-        return joined.select("norm", "hash", "masked")
+        return fresh.join(hashes, on="norm", how="left", maintain_order="left")
 
     def _hmac(self, numbers: list[str]) -> list[str]:
         inner, outer = self._inner.copy, self._outer.copy
@@ -140,21 +233,123 @@ class NumberHasher:
         return out
 
 
-_NUMBER_SCHEMA: Final = {"n": pl.String, "norm": pl.String, "hash": pl.String, "masked": pl.String}
+def _normalize(values: pl.Series) -> pl.Series:
+    """:func:`~kmsg_analytics._loading.normalize_numbers` of each value, plain digits first.
+
+    Most numbers are already as the lake keeps them (3 to 20 digits, no ``+82``/``821``
+    prefix to rewrite): those are kept as they are, the rest go through the full rules.
+    """
+    plain = values.str.contains(r"^[0-9]{3,20}$") & ~values.str.starts_with("821")
+    plain = plain.fill_null(False)
+    if bool(plain.all()):
+        return values
+    rows = (~plain).arg_true()
+    other = values.gather(rows).to_frame("n").select(normalize_numbers(pl.col("n"))).to_series()
+    return values.clone().scatter(rows, other)  # a copy: scatter writes in place
+
+
+def _mask(norm: pl.Expr) -> pl.Expr:
+    """:func:`~kmsg_analytics._loading.mask_numbers` (first 3 and last 4 digits kept).
+
+    Examples
+    --------
+    >>> pl.select(_mask(pl.lit(pl.Series(["01012345678", "1234567", None])))).to_series().to_list()
+    ['010****5678', '*******', None]
+    """
+    n = norm.str.len_chars()
+    stars = pl.lit("*" * 32)
+    return (
+        pl.when(n <= 7)
+        .then(stars.str.slice(0, n))
+        .otherwise(norm.str.slice(0, 3) + stars.str.slice(0, n - 7) + norm.str.slice(-4))
+    )
+
+
+_NUMBER_SCHEMA: Final = {
+    "norm": pl.String, "hash": pl.String, "masked": pl.String, "blank": pl.Boolean,
+}  # fmt: skip
 _LOW_TS: Final = datetime(2000, 1, 1, tzinfo=UTC)
 _HIGH_TS: Final = datetime(2200, 1, 1, tzinfo=UTC)
 
 
-def convert(
-    raw: pl.DataFrame, *, timestamps: str, hasher: NumberHasher, keep_numbers: bool
-) -> tuple[pa.Table, pl.DataFrame]:
-    """Validated lake rows of a :func:`canonical` chunk, and its unreadable rows with why.
+class Converter:
+    """Turns :func:`canonical` chunks of one import into lake rows, and names the bad ones.
 
-    ``raw`` carries a row index ``__i`` (``UInt32``); the second frame lists the rejected
-    rows' ``__i``, ``message_id``, ``column`` and ``reason`` (the first reason of each, in
-    the order of the checks). Every check is computed in one pass over the chunk; the
-    reasons only for the rows that fail one.
+    What is worked out per distinct text (numbers, metadata, error texts) is kept across
+    the chunks of the import (see :class:`Memo`), so a value met again costs a join.
+
+    Examples
+    --------
+    >>> from kmsg_analytics._phone import HashKey
+    >>> hasher = NumberHasher(HashKey("doctest-key"))
+    >>> conv = Converter(timestamps="auto", hasher=hasher, keep_numbers=False)
+    >>> chunk = pl.DataFrame({
+    ...     "message_id": ["m1", "m2"], "provider_id": ["solapi", "solapi"],
+    ...     "type": ["SMS", "SMS"], "status": ["SENT", "LOST"], "to": ["010-1234-5678"] * 2,
+    ...     "requested_at": [1_793_491_200_000] * 2,
+    ...     "metadata": ['{"customFields":{"a":1}}', None],
+    ... }).with_columns(__i=pl.int_range(pl.len(), dtype=pl.UInt32))
+    >>> good, bad = conv.convert(chunk)
+    >>> good.column("metadata").to_pylist(), good.column("to_masked").to_pylist()
+    (['{"custom_fields":{"a":1}}'], ['010****5678'])
+    >>> bad.select("message_id", "column").rows()
+    [('m2', 'status')]
     """
+
+    def __init__(self, *, timestamps: str, hasher: NumberHasher, keep_numbers: bool) -> None:
+        self.timestamps = timestamps
+        self.hasher = hasher
+        self.keep_numbers = keep_numbers
+        self.json = {
+            name: Memo(
+                partial(_json_values, name=name),
+                _JSON_SCHEMAS.get(name, _JSON_SCHEMA),
+                limit=_JSON_LIMIT,
+            )
+            for name in JSON_FIELDS
+        }
+
+    def forget(self) -> None:
+        """Drop what was kept of the values met so far (they are worked out again if met)."""
+        self.hasher.forget()
+        for memo in self.json.values():
+            memo.forget()
+
+    def convert(self, raw: pl.DataFrame) -> tuple[pa.Table, pl.DataFrame]:
+        """Validated lake rows of a :func:`canonical` chunk, and its unreadable rows with why.
+
+        ``raw`` carries a row index ``__i`` (``UInt32``); the second frame lists the
+        rejected rows' ``__i``, ``message_id``, ``column`` and ``reason`` (the first
+        reason of each, in the order of the checks). Every check is computed in one pass
+        over the chunk; the reasons only for the rows that fail one.
+        """
+        return _convert(
+            raw,
+            timestamps=self.timestamps,
+            hasher=self.hasher,
+            keep_numbers=self.keep_numbers,
+            json_memos=self.json,
+        )
+
+
+_NON_SPACE: Final = r"\S"
+_LAST_ERROR: Final = pl.Struct({"code": pl.String, "message": pl.String})
+_JSON_SCHEMA: Final = {"ok": pl.Boolean, "value": pl.String}
+_JSON_SCHEMAS: Final = {
+    "last_error": {**_JSON_SCHEMA, "code": pl.String, "message": pl.String},
+}
+_JSON_LIMIT: Final = 200_000  # distinct texts kept per JSON column (metadata is the longest)
+
+
+def _convert(
+    raw: pl.DataFrame,
+    *,
+    timestamps: str,
+    hasher: NumberHasher,
+    keep_numbers: bool,
+    json_memos: Mapping[str, Memo],
+) -> tuple[pa.Table, pl.DataFrame]:
+    """The work of :meth:`Converter.convert` (see there)."""
     if raw.height == 0:
         return pa.table({}), pl.DataFrame(schema=BAD_SCHEMA)
 
@@ -164,7 +359,8 @@ def convert(
         return (pl.lit("'") + text + pl.lit("'")).fill_null("NULL")
 
     def blank(name: str) -> pl.Expr:
-        return pl.col(name).is_null() | (pl.col(name).str.strip_chars() == "")
+        # not a single non-space character (as ``strip() == ""``, without a copy of each text)
+        return pl.col(name).is_null() | ~pl.col(name).str.contains(_NON_SPACE)
 
     frame = raw.with_columns(
         pl.lit(None, pl.String).alias(n)
@@ -193,7 +389,7 @@ def convert(
     prepared: list[pl.Expr | pl.Series] = [
         pl.col("provider_message_id").fill_null(""),
         *[
-            pl.when(pl.col(n).str.strip_chars() == "").then(None).otherwise(pl.col(n)).alias(n)
+            pl.when(pl.col(n).str.contains(_NON_SPACE)).then(pl.col(n)).alias(n)
             for n in ("provider_status_code", "provider_status_message")
         ],
     ]
@@ -243,10 +439,10 @@ def convert(
     for name in JSON_FIELDS:
         if name not in frame.columns:
             continue
-        converted = _convert_json(frame.get_column(name), name)
+        converted = json_memos[name].lookup(frame.get_column(name))
         prepared += [
-            converted.get_column("ok").alias(f"__ok_{name}"),
-            converted.get_column("value").alias(f"__j_{name}"),
+            converted.get_column("ok").fill_null(True).alias(f"__ok_{name}"),
+            *[converted.get_column(c).alias(f"__j{c}_{name}") for c in converted.columns[1:]],
         ]
         checks.append((name, ~pl.col(f"__ok_{name}"), pl.format("not valid JSON: {}", shown(name))))
 
@@ -256,7 +452,7 @@ def convert(
     for field_, prefix in (("to", "to"), ("from_", "from")):
         theirs_hash, theirs_mask = f"{prefix}_hash", f"{prefix}_masked"
         their_h = (
-            pl.when(pl.col(theirs_hash).str.strip_chars() != "").then(pl.col(theirs_hash))
+            pl.when(pl.col(theirs_hash).str.contains(_NON_SPACE)).then(pl.col(theirs_hash))
             if theirs_hash in frame.columns
             else pl.lit(None, pl.String)
         )
@@ -267,10 +463,9 @@ def convert(
             if field_ == "to":
                 no_recipient = their_h.is_null()
             continue
-        stripped = pl.when(blank(field_)).then(None).otherwise(pl.col(field_))
-        numbers = hasher.lookup(frame.select(stripped.alias(field_)).to_series())
+        numbers = hasher.lookup(frame.get_column(field_), column=prefix)
         prepared += [
-            stripped.alias(field_),
+            pl.when(~pl.lit(numbers.get_column("blank"))).then(pl.col(field_)).alias(field_),
             numbers.get_column("norm").alias(f"__n_{prefix}"),
             numbers.get_column("hash").alias(f"__h_{prefix}"),
             numbers.get_column("masked").alias(f"__m_{prefix}"),
@@ -308,8 +503,13 @@ def convert(
         return pa.table({}), rejected
 
     records = frame.with_columns(**number_cols).with_columns(pl.col("to_masked").fill_null(""))
-    json_out = {n: pl.col(f"__j_{n}") for n in JSON_FIELDS if f"__j_{n}" in frame.columns}
-    last_error = json_out.get("last_error")
+    json_out = {n: pl.col(f"__jvalue_{n}") for n in JSON_FIELDS if f"__ok_{n}" in frame.columns}
+    last_error: pl.Expr = pl.lit(None, _LAST_ERROR)
+    if "last_error" in json_out:  # k-msg's {code, message, ...} as ours, when both are given
+        code, message = pl.col("__jcode_last_error"), pl.col("__jmessage_last_error")
+        last_error = pl.when(code.str.contains(_NON_SPACE) & message.is_not_null()).then(
+            pl.struct(code.alias("code"), message.alias("message"))
+        )
     records = records.select(
         "message_id",
         "provider_id",
@@ -320,7 +520,7 @@ def convert(
         "provider_status_message",
         *[pl.col(f"__t_{n}").alias(n) for n in TIME_FIELDS if f"__t_{n}" in frame.columns],
         pl.col("__attempts").fill_null(0).cast(pl.Int32).alias("attempt_count"),
-        (last_error if last_error is not None else pl.lit(None, pl.String)).alias("__last_error"),
+        last_error.alias("last_error"),
         *([json_out["raw"].alias("raw")] if "raw" in json_out else []),
         (json_out["metadata"] if "metadata" in json_out else pl.lit("{}")).alias("metadata"),
         "to_hash",
@@ -331,10 +531,9 @@ def convert(
         pl.col("to").alias("__to"),
         pl.col("from_").alias("__from"),
     )
-    records = records.with_columns(_last_error_struct(records.get_column("__last_error")))
     if keep_numbers:
         records = records.with_columns(to=pl.col("__to"), from_=pl.col("__from"))
-    return lake_table(records.drop("__last_error", "__to", "__from")), rejected
+    return lake_table(records.drop("__to", "__from")), rejected
 
 
 def _rejected(bad: pl.DataFrame, checks: list[tuple[str, pl.Expr, pl.Expr]]) -> pl.DataFrame:
@@ -438,13 +637,12 @@ def _from_ms(ms: pl.Expr) -> pl.Expr:
     )
 
 
-def _convert_json(values: pl.Series, name: str) -> pl.DataFrame:
-    """Per row: ``ok`` (readable) and ``value`` (our JSON text; ``None`` when absent).
+def _json_values(values: pl.Series, name: str) -> pl.DataFrame:
+    """Per distinct non-null text: ``ok`` (readable) and ``value`` (our JSON text or ``None``).
 
-    Distinct values are converted once and joined back.
+    ``last_error`` also gets the ``code`` and ``message`` it carries.
     """
-    base = pl.DataFrame({"v": values})
-    uniq = base.filter(pl.col("v").is_not_null()).unique("v")
+    uniq = values.alias("v").to_frame()
     text = pl.col("v").str.strip_chars()
     norm = pl.col("v").str.json_path_match("$")
     uniq = uniq.with_columns(
@@ -468,8 +666,12 @@ def _convert_json(values: pl.Series, name: str) -> pl.DataFrame:
         )
     else:
         uniq = uniq.with_columns(value=pl.when(~pl.col("__null")).then(pl.col("__norm")))
-    joined = base.join(uniq.select("v", "ok", "value"), on="v", how="left", maintain_order="left")
-    return joined.select(pl.col("ok").fill_null(True), "value")
+    if name == "last_error":
+        uniq = uniq.with_columns(
+            code=pl.col("value").str.json_path_match("$.code"),
+            message=pl.col("value").str.json_path_match("$.message"),
+        )
+    return uniq.select(_JSON_SCHEMAS.get(name, _JSON_SCHEMA).keys())
 
 
 def _metadata_expr(uniq: pl.DataFrame) -> pl.Series:
@@ -524,17 +726,6 @@ def _metadata_python(text: str) -> str:
         return value
 
     return dump_json(walk(json.loads(text)))
-
-
-def _last_error_struct(text: pl.Series) -> pl.Series:
-    """k-msg's ``last_error`` JSON as our ``{code, message}`` (only when both are given)."""
-    code = text.str.json_path_match("$.code")
-    message = text.str.json_path_match("$.message")
-    frame = pl.DataFrame({"code": code, "message": message})
-    keep = code.is_not_null() & (code.str.strip_chars() != "") & message.is_not_null()
-    return frame.select(
-        pl.when(pl.lit(keep)).then(pl.struct("code", "message")).alias("last_error")
-    ).to_series()
 
 
 def latest_time(raw: pl.DataFrame, names: tuple[str, ...], timestamps: str) -> int | None:

@@ -7,6 +7,11 @@ size, turns each row into a tracking record, and appends a ``load`` snapshot for
 message that is new to the lake or whose row changed since the last import. Run again
 and again, it builds the status history k-msg itself overwrites.
 
+Reading, converting and appending run at once, each in its own thread, one chunk apart
+(SQLite's chunks come through the ADBC driver as Arrow columns when it is installed).
+Into an empty lake, or past 250,000 appended rows, the appends go in the lake's bulk mode
+and the lake is folded once, at the end of the import.
+
 What is read, per k-msg layout:
 
 * default layout (snake_case columns), a custom column map (k-msg's ``columnMap`` keys
@@ -58,7 +63,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._errors import InvalidRecordError
-from ._kmsg_convert import NumberHasher, canonical, convert, latest_time
+from ._kmsg_convert import Converter, NumberHasher, canonical, latest_time
 from ._kmsg_layout import (
     DEFAULT_TABLE,
     KMSG_COLUMN_KEYS,
@@ -102,6 +107,8 @@ WATERMARK_MARGIN: Final = timedelta(minutes=15)
 #: Converted rows compared with the lake per read of its history, at least.
 _COMPARE_ROWS: Final = 100_000
 _MAX_LISTED_ERRORS: Final = 1000
+#: Rows a re-import appends before it switches the lake to bulk mode (one fold at the end).
+_BULK_ROWS: Final = 250_000
 _STATE_VERSION: Final = 2
 
 
@@ -306,7 +313,11 @@ class _Run:
         self.known = _read_sidecar(self.sidecar)
         self.lookup = _Known(None if full or self.lake_empty else self.known)
         self.since = None if full else self._plan()
-        self.hasher = NumberHasher(store.hash_key)
+        self.converter = Converter(
+            timestamps=source.timestamps,
+            hasher=NumberHasher(store.hash_key),
+            keep_numbers=store.keep_numbers,
+        )
         self.fetched = self.unchanged = self.skipped = 0
         self.errors: list[RowError] = []
         self.seen = _Fingerprints(self.sidecar)
@@ -339,21 +350,31 @@ class _Run:
         source, store = self.source, self.store
         wall_start = time.time_ns() // 1000
         total = source.count() if progress is not None or self.since is not None else None
-        # one append per chunk: the lake's own compaction, which its appends trigger,
-        # needs memory in proportion to the rows appended since the last one
-        sink = _Sink(store, self.folder, staged=self.strict, flush_rows=self.chunk_rows)
+        bulk = contextlib.ExitStack()
+        sink = _Sink(
+            store,
+            self.folder,
+            staged=self.strict,
+            flush_rows=self.chunk_rows,
+            bulk=bulk,
+            bulk_after=0 if self.lake_empty else _BULK_ROWS,
+        )
         batch = max(self.chunk_rows, _COMPARE_ROWS)
         decider = _Decider(store, sink, lake_empty=self.lake_empty, batch_rows=batch)
+        # three stages at once: the reader thread fetches chunk n+2 (in C, outside the
+        # GIL), the converter thread converts chunk n+1 (Polars), this thread appends n
         reader = Prefetch(source.chunks(self.chunk_rows, self.since), depth=1)
         try:
-            with reader as chunks:
-                for chunk in chunks:
-                    self._chunk(chunk, decider)
-                    del chunk
-                    if progress is not None:
-                        progress(self.fetched, total)
-            decider.finish()
-            sink.commit()
+            with bulk, reader as chunks:
+                with Prefetch(map(self._convert, chunks), depth=1) as converted:
+                    for item in converted:
+                        self._take(item, decider)
+                        del item
+                        if progress is not None:
+                            progress(self.fetched, total)
+                self.converter.forget()  # its memory is the lake's, for the fold
+                decider.finish()
+                sink.commit()
         except BaseException:
             sink.discard()
             self.seen.discard()
@@ -382,28 +403,39 @@ class _Run:
         _write_state(self.folder, source, report, self._watermark(wall_start), self.state)
         return report
 
-    def _chunk(self, chunk: pl.DataFrame, decider: _Decider) -> None:
+    def _convert(self, chunk: pl.DataFrame) -> _Converted:
+        """A chunk's rows to append, its unreadable rows and its fingerprints (any thread)."""
         source = self.source
         raw = canonical(chunk, source.columns)
-        self.fetched += raw.height
         raw = raw.with_columns(__fp=raw.hash_rows(), __i=pl.int_range(pl.len(), dtype=pl.UInt32))
-        latest = latest_time(raw, WATERMARK_FIELDS, source.timestamps)
-        if latest is not None and (self.latest is None or latest > self.latest):
-            self.latest = latest
         candidates = ~self.lookup.unchanged(raw)
-        self.unchanged += raw.height - int(candidates.sum())
-        good, bad = convert(
-            raw.filter(candidates),
-            timestamps=source.timestamps,
-            hasher=self.hasher,
-            keep_numbers=self.store.keep_numbers,
-        )
+        good, bad = self.converter.convert(raw.filter(candidates))
         fingerprints = pl.col("__fp")
+        if bad.height:  # skipped rows keep no fingerprint: read and judged again next time
+            fingerprints = pl.when(~pl.col("__i").is_in(bad.get_column("__i").implode())).then(
+                "__fp"
+            )
+        return _Converted(
+            fetched=raw.height,
+            unchanged=raw.height - int(candidates.sum()),
+            latest=latest_time(raw, WATERMARK_FIELDS, source.timestamps),
+            good=good,
+            bad=bad,
+            fingerprints=raw.select(pl.col("message_id").cast(pl.String), fingerprints),
+        )
+
+    def _take(self, item: _Converted, decider: _Decider) -> None:
+        """Count a converted chunk, keep its fingerprints and hand its rows on."""
+        self.fetched += item.fetched
+        self.unchanged += item.unchanged
+        if item.latest is not None and (self.latest is None or item.latest > self.latest):
+            self.latest = item.latest
+        bad = item.bad
         if bad.height:
             if self.strict:
                 first = bad.row(0, named=True)
                 msg = (
-                    f"row message_id={first['message_id']!r} of {source.table}: "
+                    f"row message_id={first['message_id']!r} of {self.source.table}: "
                     f"{first['column']}: {first['reason']} (strict import: nothing "
                     "was written; fix the row, or import without strict to skip it)"
                 )
@@ -414,11 +446,8 @@ class _Run:
                 RowError(r["message_id"], r["column"], r["reason"])
                 for r in bad.head(max(room, 0)).iter_rows(named=True)
             )
-            # skipped rows keep no fingerprint: they are read and judged again next time
-            fingerprints = pl.when(~pl.col("__i").is_in(bad.get_column("__i").implode())).then(
-                "__fp"
-            )
-        self.seen.add(raw.select(pl.col("message_id").cast(pl.String), fingerprints))
+        self.seen.add(item.fingerprints)
+        good = item.good
         if good.num_rows:
             decider.add(good)
             top = _max_time(good, "status_updated_at")
@@ -442,6 +471,18 @@ class _Run:
             "value_us": min(max(values), wall_start),
             "max_rowid": max(rowids) if rowids else None,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class _Converted:
+    """One chunk, converted: counts, rows to append, unreadable rows, fingerprints."""
+
+    fetched: int
+    unchanged: int
+    latest: int | None  # UTC micros: k-msg's latest write time in the chunk
+    good: pa.Table
+    bad: pl.DataFrame
+    fingerprints: pl.DataFrame
 
 
 class _Known:
@@ -605,14 +646,30 @@ def _source_lock(store: ParquetTrackingStore, source_id: str) -> Iterator[None]:
 
 
 class _Sink:
-    """Where converted rows go: appended in batches, or staged until commit (strict)."""
+    """Where converted rows go: appended in batches, or staged until commit (strict).
+
+    Once ``bulk_after`` rows are appended (at once, into an empty lake), the rest go in
+    the store's bulk mode, entered on ``bulk``: no automatic compaction after each
+    batch, one fold when ``bulk`` closes without an error (the lake is then queryable
+    as folded). Below that, a re-import's few rows are folded when the lake decides.
+    """
 
     def __init__(
-        self, store: ParquetTrackingStore, folder: Path, *, staged: bool, flush_rows: int
+        self,
+        store: ParquetTrackingStore,
+        folder: Path,
+        *,
+        staged: bool,
+        flush_rows: int,
+        bulk: contextlib.ExitStack,
+        bulk_after: int,
     ) -> None:
         self.store = store
         self.staged = staged
         self.flush_rows = flush_rows
+        self.bulk: contextlib.ExitStack | None = bulk
+        self.bulk_after = bulk_after
+        self.appended = 0
         self.buffer: list[pa.Table] = []
         self.rows = 0
         self.dir = folder / f".staging-{uuid.uuid4().hex}"
@@ -638,12 +695,19 @@ class _Sink:
             pq.write_table(table, path)
             self.files.append(path)
         else:
-            self.store.append_table(table, kind="load", recorded_at=self.recorded_at)
+            self._append(table)
+
+    def _append(self, table: pa.Table) -> None:
+        if self.bulk is not None and self.appended + table.num_rows >= self.bulk_after:
+            self.bulk.enter_context(self.store.bulk())
+            self.bulk = None
+        self.store.append_table(table, kind="load", recorded_at=self.recorded_at)
+        self.appended += table.num_rows
 
     def commit(self) -> None:
         self._flush()
         for path in self.files:
-            self.store.append_table(pq.read_table(path), kind="load", recorded_at=self.recorded_at)
+            self._append(pq.read_table(path))
         self.discard()
 
     def discard(self) -> None:
@@ -680,8 +744,12 @@ class _Fingerprints:
         typed = frame.select(pl.col(n).cast(t) for n, t in _SIDECAR_SCHEMA.items())
         table = typed.to_arrow(compat_level=pl.CompatLevel.oldest())
         if self.writer is None:
-            self.writer = pq.ParquetWriter(
-                self.tmp, table.schema, compression="lz4", write_statistics=False
+            self.writer = pq.ParquetWriter(  # ids are unique: no dictionary
+                self.tmp,
+                table.schema,
+                compression="lz4",
+                write_statistics=False,
+                use_dictionary=False,
             )
         self.writer.write_table(table)
 

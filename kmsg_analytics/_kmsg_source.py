@@ -35,6 +35,9 @@ _RECHECK_IDS: Final = 500  # ids per query when rows skipped last time are read 
 _FETCH_ROWS: Final = 10_000
 _INT_TYPES: Final = ("integer", "null")
 _REAL_TYPES: Final = ("integer", "real", "null")
+_ADBC_BATCH_ROWS: Final = "adbc.sqlite.query.batch_rows"
+#: Read SQLite through the ADBC driver when it is installed (else JSON arrays, or rows).
+_ARROW_READER = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,14 +57,17 @@ class Since:
 class KmsgSource:
     """An open connection to k-msg's table and the columns to read.
 
-    Every query is an Ibis expression compiled by the backend's own compiler and run on
-    its connection. On SQLite, where Python's ``sqlite3`` turns each value into a Python
-    object (the bulk of a plain read), a chunk is asked for as one JSON array per column
-    (``json_group_array``, declared to Ibis as a built-in aggregate) and decoded by
-    Polars: SQLite and Polars do the per-value work, outside the GIL. Chunks follow the
-    ``rowid`` (keyset pagination: short reads, in table order). A chunk that JSON cannot
-    carry (BLOBs, infinities) is read again as rows. PostgreSQL and MySQL stream one
-    query through the backend's Arrow batches (``to_pyarrow_batches``).
+    Every query is an Ibis expression compiled by the backend's own compiler. On SQLite,
+    where Python's ``sqlite3`` turns each value into a Python object (the bulk of a plain
+    read), the compiled query of a chunk runs on a second, read-only connection of the
+    ADBC SQLite driver (``adbc-driver-sqlite``), which hands back Arrow columns built in
+    C, outside the GIL. Without that driver, a chunk is asked for as one JSON array per
+    column (``json_group_array``, declared to Ibis as a built-in aggregate) and decoded
+    by Polars. Chunks follow the ``rowid`` (keyset pagination: short reads, in table
+    order, so k-msg's writers are never held up for long). A chunk either way cannot
+    carry as typed columns (BLOBs, reals in ``INTEGER`` columns, infinities) is read
+    again as rows. PostgreSQL and MySQL stream one query through the backend's Arrow
+    batches (``to_pyarrow_batches``).
     """
 
     backend: Any
@@ -75,6 +81,7 @@ class KmsgSource:
     column_map: dict[str, str]
     expr: Any = None
     rowid: str | None = None  # SQLite: the name that reaches the rowid, when there is one
+    path: Path | None = None  # SQLite: the database file
     max_rowid: int | None = field(default=None, init=False)  # the largest rowid read
 
     @classmethod
@@ -149,6 +156,7 @@ class KmsgSource:
             column_map={k: v for k, v in fields.items() if DEFAULT_COLUMNS.get(k) != v},
             expr=expr,
             rowid=rowid,
+            path=describe_url(url)[2]["path"] if kind == "sqlite" else None,
         )
 
     def close(self) -> None:
@@ -251,16 +259,62 @@ class KmsgSource:
             **checks,
         )
         rows = sub.select(sub[_ROWID], *[sub[c] for c in cols])
-        key = _FIRST_ROWID
-        while True:
-            frame, n, top = self._json_chunk(agg, rows, last, key, cols)
-            if n == 0 or top is None:
-                return
-            key = top
-            self.max_rowid = top if self.max_rowid is None else max(self.max_rowid, top)
-            yield frame
-            if n < chunk_rows:
-                return
+        with self._arrow() as arrow:
+            key = _FIRST_ROWID
+            while True:
+                if arrow is not None:
+                    frame = self._read(arrow, rows, [_ROWID, *cols], chunk_rows, {last: key})
+                    top_ = frame.get_column(_ROWID).max() if frame.height else None
+                    n, top = frame.height, None if top_ is None else int(top_)  # type: ignore[arg-type]
+                    frame = frame.drop(_ROWID)
+                else:
+                    frame, n, top = self._json_chunk(agg, rows, last, key, cols)
+                if n == 0 or top is None:
+                    return
+                key = top
+                self.max_rowid = top if self.max_rowid is None else max(self.max_rowid, top)
+                yield frame
+                if n < chunk_rows:
+                    return
+
+    @contextlib.contextmanager
+    def _arrow(self) -> Iterator[Any]:
+        """A read-only ADBC connection to the SQLite file (``None``: read through Ibis)."""
+        arrow = _open_arrow(self.path) if _ARROW_READER and self.path is not None else None
+        try:
+            yield arrow
+        finally:
+            if arrow is not None:
+                with contextlib.suppress(Exception):
+                    arrow.close()
+
+    def _read(
+        self,
+        arrow: Any,
+        expr: Any,
+        cols: list[str],
+        limit: int,
+        params: Mapping[Any, Any] | None = None,
+    ) -> pl.DataFrame:
+        """A query's rows (at most ``limit``) as Arrow columns from the ADBC driver.
+
+        As rows where they cannot be (see :func:`_typed_frame`).
+        """
+        import adbc_driver_manager
+
+        sql = self.backend.compile(expr, params=params)
+        types = {c: pl.Int64 if c == _ROWID else _polars_type(self.dtypes[c]) for c in cols}
+        frame: pl.DataFrame | None = None
+        with contextlib.suppress(adbc_driver_manager.Error):
+            cursor = arrow.cursor()
+            try:
+                # one batch: the driver infers each column's type from all of the rows
+                cursor.adbc_statement.set_options(**{_ADBC_BATCH_ROWS: str(limit + 1)})
+                cursor.execute(sql)
+                frame = _typed_frame(cursor.fetch_arrow_table(), types)
+            finally:
+                cursor.close()
+        return self._fetch_rows(expr, cols, params) if frame is None else frame
 
     def _json_chunk(
         self, agg: Any, rows: Any, param: Any, key: int, cols: list[str]
@@ -298,21 +352,24 @@ class KmsgSource:
         mid = self.columns["message_id"]
         changed = self._since_filter(t, since)
         last: Any = None
-        while True:
-            flt = changed
-            if last is not None:
-                after = t[mid] > ibis.literal(last, type=self.dtypes[mid])
-                flt = after if flt is None else flt & after
-            expr = t if flt is None else t.filter(flt)
-            batch = self._fetch_rows(
-                expr.order_by(mid).limit(chunk_rows).select(*self._picked(cols)), cols
-            )
-            if batch.height == 0:
-                return
-            last = batch.get_column(mid)[-1]
-            yield batch
-            if batch.height < chunk_rows or last is None:
-                return
+        with self._arrow() as arrow:
+            while True:
+                flt = changed
+                if last is not None:
+                    after = t[mid] > ibis.literal(last, type=self.dtypes[mid])
+                    flt = after if flt is None else flt & after
+                expr = t if flt is None else t.filter(flt)
+                expr = expr.order_by(mid).limit(chunk_rows).select(*self._picked(cols))
+                if arrow is not None:
+                    batch = self._read(arrow, expr, cols, chunk_rows)
+                else:
+                    batch = self._fetch_rows(expr, cols)
+                if batch.height == 0:
+                    return
+                last = batch.get_column(mid)[-1]
+                yield batch
+                if batch.height < chunk_rows or last is None:
+                    return
 
     def _stream(self, cols: list[str], chunk_rows: int, flt: Any) -> Iterator[pl.DataFrame]:
         """One query, streamed in Arrow batches (PostgreSQL: a server-side cursor)."""
@@ -373,24 +430,22 @@ class KmsgSource:
     ) -> pl.DataFrame:
         """Rows straight off the SQLite cursor, columnar, a few thousand at a time.
 
-        A column whose values do not fit its declared type (which SQLite allows) arrives
-        as text and is judged row by row.
+        Numbers are kept as such in integer and real columns (as the other paths do);
+        a column whose values do not all fit its type (which SQLite allows: ``1.5`` in
+        an ``INTEGER`` column) arrives as text and is judged row by row.
         """
-        schema = {c: _SQLITE_POLARS.get(type(self.dtypes[c]).__name__) for c in cols if c != _ROWID}
+        schema = {c: _polars_type(self.dtypes[c]) for c in cols if c != _ROWID}
         if _ROWID in cols:
             schema = {_ROWID: pl.Int64, **schema}
         parts: list[pl.DataFrame] = []
         cursor = self.backend.raw_sql(self.backend.compile(expr, params=params))
         try:
             while rows := cursor.fetchmany(_FETCH_ROWS):
-                try:
-                    parts.append(pl.DataFrame(rows, schema=schema, orient="row", strict=True))
-                except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):
-                    parts.append(_loose_frame(rows, cols, schema))
+                parts.append(_loose_frame(rows, list(schema), schema))
         finally:
             cursor.close()
         if not parts:
-            return pl.DataFrame(schema={c: dt or pl.String for c, dt in schema.items()})
+            return pl.DataFrame(schema=schema)
         return pl.concat(parts, how="vertical_relaxed")
 
     def _scalar(self, expr: Any) -> int:
@@ -401,6 +456,41 @@ class KmsgSource:
             finally:
                 cursor.close()
         return int(expr.to_pyarrow().as_py())
+
+
+def _open_arrow(path: Path) -> Any:
+    """A read-only ADBC SQLite connection (``None`` without the driver, or if it fails)."""
+    try:
+        import adbc_driver_manager
+        import adbc_driver_sqlite.dbapi
+    except ImportError:
+        return None
+    uri = f"file:{quote(str(path))}?mode=ro"
+    try:  # autocommit: no transaction outlives a query, so k-msg's writers are not held up
+        return adbc_driver_sqlite.dbapi.connect(uri, autocommit=True)
+    except adbc_driver_manager.Error:
+        return None
+
+
+def _typed_frame(table: Any, types: Mapping[str, Any]) -> pl.DataFrame | None:
+    """Arrow columns in the types of the JSON and row paths (``None``: read them as rows).
+
+    SQLite types each value, not each column: the driver gives a column the type that
+    holds all of its values in the batch. Integer columns are kept as ``Int64`` and real
+    ones as ``Float64`` when every value is a number; text columns, and number columns
+    holding text, become text. A BLOB anywhere, or a real in an integer column (``2.0``
+    would read as ``'2.0'``), sends the rows down the row path, which judges each value.
+    """
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    exprs: list[pl.Expr] = []
+    for c, want in types.items():
+        got = frame.schema[c]
+        if got == pl.Binary or (want == pl.Int64 and got.is_float()):
+            return None
+        number = got.is_integer() or got.is_float() or got == pl.Null
+        exprs.append(pl.col(c).cast(want if number else pl.String))
+    return frame.select(exprs)
 
 
 def _allowed_types(dtype: Any) -> tuple[str, ...] | None:
@@ -432,21 +522,22 @@ def _decode_json(
     return pl.DataFrame(data)
 
 
-_SQLITE_POLARS: Final[dict[str, Any]] = {
-    "Int64": pl.Int64,
-    "Int32": pl.Int64,
-    "Int16": pl.Int64,
-    "Int8": pl.Int64,
-    "Float64": pl.Float64,
-    "Float32": pl.Float64,
-    "String": pl.String,
-}
+def _polars_type(dtype: Any) -> Any:
+    """The Polars type a column is read as: ``Int64``, ``Float64`` or text."""
+    if dtype.is_integer():
+        return pl.Int64
+    if dtype.is_floating():
+        return pl.Float64
+    return pl.String
 
 
 def _loose_frame(
     rows: list[tuple[Any, ...]], cols: list[str], schema: Mapping[str, Any]
 ) -> pl.DataFrame:
-    """Rows whose values stray from their column's declared type: such columns as text."""
+    """Rows as columns of their types, or as text where a value strays from its type.
+
+    Column by column: a frame built from rows would silently cut ``1.5`` to ``1``.
+    """
     data: dict[str, pl.Series] = {}
     for name, values in zip(cols, zip(*rows, strict=True), strict=True):
         try:
@@ -608,8 +699,9 @@ _DONE: Final = object()
 class Prefetch:
     """Runs a chunk iterator in a thread, at most ``depth`` chunks ahead of the consumer.
 
-    Reading (SQLite's step, Python's cursor, Polars' JSON decoding) then overlaps the
-    conversion and the lake writes of the chunk before. Errors reach the consumer.
+    Reading (SQLite's step and the ADBC driver, or Polars' JSON decoding) then overlaps
+    the conversion and the lake writes of the chunks before: the work of each is mostly
+    outside the GIL. Errors reach the consumer.
 
     Examples
     --------

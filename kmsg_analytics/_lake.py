@@ -18,10 +18,10 @@ import os
 import shutil
 import threading
 import time
-import uuid
 import warnings
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ._errors import LakeFormatError
@@ -38,16 +39,18 @@ from ._lakefs import (
     LakePaths,
     WriteAheadLog,
     history_name,
+    history_rows,
     orphan_wals,
     read_json,
     read_wal_lines,
     replace_dir,
     restore_replaced_dirs,
     write_json_atomic,
+    write_row_groups,
     writer_lock,
 )
 from ._phone import HashKey
-from ._queries import latest
+from ._queries import latest, snapshot_key
 from ._records import POLLABLE_STATUSES, RecordFilter, TrackingRecord
 from ._schema import (
     CURRENT_PARTITION,
@@ -69,21 +72,51 @@ __all__ = ["CompactionReport", "ParquetTrackingStore"]
 log = logging.getLogger("kmsg_analytics.lake")
 
 _BIG_FILE = 64 << 20  # history files this large are not merged again
-_FOLD_WINDOW_ROWS = 100_000  # delta rows a fold holds in memory at once
-_FOLD_WRITE_ROWS = 100_000  # folded rows written together (one Ibis write, many days)
-_EMPTY = pl.DataFrame(schema=POLARS_SCHEMA)
+_BIG_FILE_ROWS = 100_000  # nor files of this many rows (see _merge_history_locked)
+#: rows a fold holds at once: a window's new snapshots plus its days' current rows
+_FOLD_WINDOW_ROWS = 200_000
+#: threads writing folded days while the next window is read
+_FOLD_WRITERS = 2
 #: provisional seq of rows not yet published (newer than any published row)
 _PENDING_BASE = 1 << 61
 #: snapshots that (re)state a message rather than derive from its current state
 _ENTRY_KINDS = ("send", "load", "patch")
 _HIVE = {CURRENT_PARTITION: pl.Date}
+_DAY = pl.col("requested_at").dt.date()
+_ID_HASH = pl.col("message_id").hash().alias("h")
 #: reads tried when a history file vanishes under them (a merge replaced it)
 _READ_ATTEMPTS = 5
-#: DuckDB writes zstd at level 1: half the CPU of its default level, files ~10% larger.
+#: zstd at level 1 for folded files: half the CPU of the default level, files ~10% larger.
 _ZSTD_LEVEL = 1
-_DUCKDB_PARQUET = f"FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL {_ZSTD_LEVEL}"
+#: A published batch: lz4 (a third of zstd's CPU on the write path; files ~1.6x larger),
+#: one row group per requested day (smaller days share one) so that a fold reads a day's
+#: rows only, dictionaries for the repetitive text columns, statistics for pruning.
+_BATCH_COMPRESSION = "lz4"
+_GROUP_MIN_ROWS = 16_384
+_GROUP_MAX_ROWS = 131_072
+_DICTIONARY_COLUMNS = (
+    "snapshot_kind", "provider_id", "type", "status", "provider_status_code",
+    "provider_status_message", "retention_class", "to_masked", "from_masked", "from_hash",
+    "metadata", "last_error.code", "last_error.message",
+)  # fmt: skip
+_STATISTICS_COLUMNS = (
+    "seq", "snapshot_kind", "recorded_at", "message_id", "provider_id", "provider_message_id",
+    "type", "requested_at", "status", "status_updated_at", "next_check_at", "retention_class",
+)  # fmt: skip
+_DAY_MICROS = 86_400_000_000
+#: statistics of a batch (a fold prunes by requested_at; seq, recorded_at and message_id
+#: order the history); the other columns' cost a quarter of the write
+_BATCH_STATISTICS = ("seq", "recorded_at", "message_id", "requested_at")
+#: random text (hashes, sealed numbers): lz4, having no entropy coder, cannot shrink it
+_RANDOM_COLUMNS = frozenset({"to_hash", "from_hash", "to_enc", "from_enc"})
+#: rows pyarrow encodes at a time: a quarter less CPU than its default 1,024
+_WRITE_BATCH_ROWS = 65_536
+#: a fold window's rows are sorted by day when its days come in more runs than this each
+_MAX_RUNS_PER_DAY = 256
 _LOCAL_ONLY_OPTIONS = frozenset({"backend", "flush_rows", "flush_seconds", "fsync"})
 _T = TypeVar("_T")
+#: what a merge-on-read looked up: the requested days (``None``: all) and whether beyond them
+_Scope = tuple[tuple[date, ...] | None, bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,12 +217,13 @@ class ParquetTrackingStore(RetriedReads):
         self._timer: threading.Timer | None = None
         self._closed = False
         self._initialized = False
+        self._bulk_depth = 0  # open bulk() blocks: no automatic compaction while > 0
         # decoded snapshots past the watermark: (watermark, files read, rows)
         self._cache_w = -1
         self._cache_files: set[Path] = set()
         self._cache_rows = pl.DataFrame(schema=POLARS_SCHEMA)
         self._cache_tail: list[pa.Table] = []  # our own batches, published but not decoded
-        self._winners: tuple[tuple[date, ...] | None, tuple[pl.DataFrame, list[date]]] | None = None
+        self._winners: tuple[_Scope, tuple[pl.DataFrame, list[date]]] | None = None
         self._footers_ok: dict[str, tuple[int, int]] = {}
         self.init()
         _open_stores.add(self)
@@ -316,20 +350,18 @@ class ParquetTrackingStore(RetriedReads):
     def append_table(
         self, table: pa.Table, *, kind: SnapshotKind = "load", recorded_at: int | None = None
     ) -> None:
-        """Publish a validated Arrow table of lake rows as one batch (bulk loads)."""
+        """Publish a validated Arrow table of lake rows as one batch (bulk loads).
+
+        Durable when this returns. Folds afterwards when ``compact_rows`` snapshots wait,
+        except inside :meth:`bulk`.
+        """
         if table.num_rows == 0:
             return
-        now = pa.scalar(recorded_at or _now_micros(), pa.int64()).cast(pa.timestamp("us", tz="UTC"))
         n = table.num_rows
-        table = table.set_column(
-            SNAPSHOT_SCHEMA.get_field_index("snapshot_kind"),
-            "snapshot_kind",
-            pa.array([kind] * n, pa.string()),
-        ).set_column(
-            SNAPSHOT_SCHEMA.get_field_index("recorded_at"),
-            "recorded_at",
-            pa.repeat(now, n) if hasattr(pa, "repeat") else pa.array([now.as_py()] * n, now.type),
-        )
+        now = pa.scalar(recorded_at or _now_micros(), pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+        for name, value in (("snapshot_kind", pa.scalar(kind, pa.string())), ("recorded_at", now)):
+            i = SNAPSHOT_SCHEMA.get_field_index(name)
+            table = table.set_column(i, SNAPSHOT_SCHEMA.field(i), pa.repeat(value, n))
         with self._mutex:
             self.flush()
             with writer_lock(self.paths):
@@ -389,11 +421,15 @@ class ParquetTrackingStore(RetriedReads):
         *,
         keep_cache: bool = False,
     ) -> dict[str, Any]:
-        """Give ``table`` its sequence numbers and rename it into the history (lock held)."""
+        """Give ``table`` its sequence numbers and rename it into the history (lock held).
+
+        Rows are numbered in the order given, then stored in requested-time order (a
+        stable sort), so the file holds one row group per requested day.
+        """
         lo = state["seq"] + 1
         hi = state["seq"] + table.num_rows
-        table = table.set_column(0, "seq", pa.array(range(lo, hi + 1), pa.int64()))
-        table = table.sort_by([("requested_at", "ascending"), ("seq", "ascending")])
+        seq = pl.int_range(lo, hi + 1, dtype=pl.Int64, eager=True).to_arrow()
+        table = _by_requested_time(table.set_column(0, SNAPSHOT_SCHEMA.field("seq"), seq))
         day = datetime.now(UTC).date()
         folder = self.paths.history / f"ingest_date={day.isoformat()}"
         folder.mkdir(exist_ok=True)
@@ -404,10 +440,20 @@ class ParquetTrackingStore(RetriedReads):
         state = {**state, "seq": hi, "last_wal": wal_id}
         self._write_state(state)
         self._winners = None
-        if keep_cache and self._cache_w == state["watermark"]:
+        if keep_cache and not self._bulk_depth and self._cache_w == state["watermark"]:
             self._cache_tail.append(table)  # decoded when next read, not on the write path
             self._cache_files.add(final)
         return state
+
+    @property
+    def _local_writes(self) -> bool:
+        """Whether Arrow tables and Polars frames are written in this process, not by Ibis.
+
+        True on DuckDB (the default backend): pyarrow and Polars write those files
+        directly, and the backend writes what it reads itself (history merges). Another
+        Ibis backend writes every file.
+        """
+        return self._backend is None or getattr(self._backend, "name", None) == "duckdb"
 
     @property
     def _parquet_options(self) -> dict[str, Any]:
@@ -417,7 +463,7 @@ class ParquetTrackingStore(RetriedReads):
         return {"compression": "zstd"}
 
     def _write_parquet(self, table: pa.Table, path: Path) -> None:
-        """Write one Arrow table through the Ibis backend (DuckDB ``COPY`` by default)."""
+        """Write one Arrow table (a published batch): row groups by requested day."""
         self._to_parquet(table, path)
 
     def _forget(self, expr: Any) -> None:
@@ -427,13 +473,24 @@ class ParquetTrackingStore(RetriedReads):
             with contextlib.suppress(Exception):
                 unregister(expr.op().name)
 
-    def _to_parquet(self, expr: Any, path: Path, *, partition_by: str | None = None) -> None:
+    def _to_parquet(
+        self, expr: Any, path: Path, *, partition_by: str | None = None, folded: bool = False
+    ) -> None:
         """Every Parquet file of the lake is written here (one file, or a hive directory).
 
-        ``expr`` is an Ibis expression, or an Arrow table (a batch being published).
+        ``expr`` is an Ibis expression (the backend writes it), an Arrow table (a batch
+        being published: lz4, one row group per requested day; with ``folded``, a folded
+        day: zstd level 1) or a Polars frame (written as folded: the open set). pyarrow
+        writes tables and frames, or the backend when it is not DuckDB.
         """
+        if isinstance(expr, pl.DataFrame):
+            expr, folded = expr.to_arrow(), True
         if isinstance(expr, pa.Table):
-            if partition_by is None and self._duckdb_copy(expr, path):
+            if partition_by is None and self._local_writes:
+                if folded:
+                    pq.write_table(expr, path, **_folded_options(expr))
+                else:
+                    _write_batch(expr, path)
                 return
             import ibis
 
@@ -445,7 +502,6 @@ class ParquetTrackingStore(RetriedReads):
             return
         if "'" in str(path) and '"' in str(path):  # the backend cannot quote such a path
             import pyarrow.dataset as ds
-            import pyarrow.parquet as pq
 
             with _quiet():
                 if partition_by is None:
@@ -466,24 +522,6 @@ class ParquetTrackingStore(RetriedReads):
             options.update(partition_by=(partition_by,), filename_pattern="part-{i}")
         with _quiet():
             self.backend.to_parquet(expr, str(path), **options)
-
-    def _duckdb_copy(self, table: pa.Table, path: Path) -> bool:
-        """``COPY`` a table on the DuckDB backend's own connection; ``False`` if not DuckDB.
-
-        No Ibis expression is built: a small batch (one polling round) then costs the
-        ``COPY`` alone, about half of what going through ``ibis.memtable`` costs.
-        """
-        if getattr(self.backend, "name", None) != "duckdb" or "'" in str(path):
-            return False
-        con = self.backend.con
-        name = f"_kmsg_write_{uuid.uuid4().hex}"
-        con.register(name, table)
-        try:
-            with _quiet():
-                con.execute(f"COPY {name} TO '{path}' ({_DUCKDB_PARQUET})")
-        finally:
-            con.unregister(name)
-        return True
 
     # ------------------------------------------------------------------ reads
 
@@ -506,14 +544,7 @@ class ParquetTrackingStore(RetriedReads):
             self._check_footers([f for f in files if os.path.basename(os.path.dirname(f)) in days])
         if not files:
             return pl.LazyFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
-        return pl.scan_parquet(
-            files,
-            schema=POLARS_SCHEMA,
-            missing_columns="insert",
-            hive_partitioning=True,
-            hive_schema=_HIVE,
-            glob=False,
-        )
+        return _scan_current_files(files)
 
     def _check_footers(self, files: Sequence[str]) -> None:
         """Fail early, naming the file, when a file a query will read has no valid footer.
@@ -599,32 +630,51 @@ class ParquetTrackingStore(RetriedReads):
             rows = pl.concat([rows, pending], how="vertical")
         return w, rows
 
-    def _delta(self, scope: tuple[date, ...] | None) -> tuple[pl.DataFrame, list[date]] | None:
+    def _delta(
+        self, scope: tuple[date, ...] | None, *, beyond: bool = False
+    ) -> tuple[pl.DataFrame, list[date]] | None:
         """Current state of every message changed past the watermark, and the days to patch.
 
         Messages (re-)entered by a send, load or patch may already have a row in
         ``current/``: those rows take part in the precedence rule and their days are
         patched too, so a message is never counted twice. The rows are looked up on the
-        days in ``scope`` (a query's requested-at window) or, without one, everywhere.
+        days in ``scope`` (a query's requested-at window) or, without one, everywhere;
+        with ``beyond``, ids not found in ``scope`` are then looked up on the other days.
         """
         with self._mutex:
             _w, rows = self._refresh()
             if rows.is_empty():
                 return None
-            if self._winners is None or self._winners[0] != scope:
-                self._winners = (scope, self._resolve(rows, scope))
+            if self._winners is None or self._winners[0] != (scope, beyond):
+                self._winners = ((scope, beyond), self._resolve(rows, scope, beyond=beyond))
             return self._winners[1]
 
     def _resolve(
-        self, rows: pl.DataFrame, scope: tuple[date, ...] | None
+        self, rows: pl.DataFrame, scope: tuple[date, ...] | None, *, beyond: bool = False
     ) -> tuple[pl.DataFrame, list[date]]:
-        entered = rows.filter(pl.col("snapshot_kind").is_in(_ENTRY_KINDS)).select("message_id")
+        entered = (
+            rows.filter(pl.col("snapshot_kind").is_in(_ENTRY_KINDS)).select("message_id").unique()
+        )
         found = pl.DataFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
         if entered.height:
             lookup = self._scan_current(scope)
             if scope is not None:
                 lookup = lookup.filter(pl.col(CURRENT_PARTITION).is_in(scope))
-            found = lookup.join(entered.unique().lazy(), on="message_id", how="semi").collect()
+            found = lookup.join(entered.lazy(), on="message_id", how="semi").collect()
+            missing = entered.join(found.select("message_id"), on="message_id", how="anti")
+            if beyond and scope is not None and missing.height:
+                # a message may live on a day outside the scope: a resend that did not
+                # move it (polling had reached a state a send never replaces). Looked up
+                # by value, so each file's message_id statistics skip most files.
+                ids = missing.get_column("message_id").to_list()  # a list: statistics prune
+                far = (
+                    self._scan_current()
+                    .filter(
+                        ~pl.col(CURRENT_PARTITION).is_in(scope) & pl.col("message_id").is_in(ids)
+                    )
+                    .collect()
+                )
+                found = pl.concat([found, far], how="vertical_relaxed")
         combined = pl.concat([found.drop(CURRENT_PARTITION), rows], how="vertical")
         last = latest(combined.unique(["message_id", "seq"], keep="first").lazy()).collect()
         last = last.with_columns(pl.col("requested_at").dt.date().alias(CURRENT_PARTITION))
@@ -661,7 +711,7 @@ class ParquetTrackingStore(RetriedReads):
         else:
             base = pl.LazyFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
         pending_days = self._entered_days()
-        found = self._delta(pending_days)
+        found = self._delta(pending_days, beyond=True)
         if found is None:
             return base
         delta = found[0]
@@ -700,10 +750,78 @@ class ParquetTrackingStore(RetriedReads):
     # ------------------------------------------------------------------ compaction
 
     def _maybe_compact(self, state: dict[str, Any]) -> None:
-        """Fold when ``compact_rows`` snapshots wait past the watermark (``seq`` is dense)."""
+        """Fold when ``compact_rows`` snapshots wait past the watermark (``seq`` is dense).
+
+        Not inside :meth:`bulk`: a bulk load folds once, when it ends.
+        """
         with self._mutex:
+            if self._bulk_depth:
+                return
             if state["seq"] - state["watermark"] + len(self._pending) >= self._compact_rows:
                 self.compact(history=False)
+
+    @contextlib.contextmanager
+    def bulk(
+        self, *, progress: Callable[[str], None] | None = None
+    ) -> Iterator[ParquetTrackingStore]:
+        """Load many batches without folding in between; fold once at the end.
+
+        Inside the block no write compacts by itself (``compact_rows`` is ignored); each
+        :meth:`append_table` is still published, durable, when it returns. When the
+        outermost block ends without an exception, one fold runs (``compact(history=False)``)
+        so the lake is folded and quick to query as before. When the block raises, no fold
+        runs: the batches appended so far stay in ``history/`` (they were acknowledged) and
+        the next compaction folds them; the exception propagates.
+
+        Blocks nest (only the outermost folds) and apply to every thread using this store.
+        Queries inside the block are answered (merge-on-read) but do not keep the growing
+        delta in memory between calls; they are slower than after the fold.
+
+        Parameters
+        ----------
+        progress
+            Called with a line of text per folded day of the final fold.
+
+        Yields
+        ------
+        ParquetTrackingStore
+            This store.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> import polars as pl
+        >>> from kmsg_analytics._loading import frame_to_table
+        >>> lake = ParquetTrackingStore(tempfile.mkdtemp(), hash_key="doctest-key")
+        >>> frame = pl.DataFrame({
+        ...     "message_id": ["m1", "m2"], "provider_id": ["solapi", "solapi"],
+        ...     "type": ["SMS", "SMS"], "to": ["01012345678", "01098765432"],
+        ...     "requested_at": ["2026-11-01T09:00:00Z", "2026-11-02T09:00:00Z"],
+        ...     "status": ["DELIVERED", "SENT"],
+        ... })
+        >>> with lake.bulk():
+        ...     for part in frame.iter_slices(1):
+        ...         lake.append_table(frame_to_table(part, lake.hash_key, keep_numbers=False))
+        >>> lake.stats()["watermark"] == lake.stats()["seq"] == 2  # folded once, at the end
+        True
+        >>> lake.count_records(RecordFilter(status="SENT"))
+        1
+        >>> lake.close()
+        """
+        with self._mutex:
+            self._bulk_depth += 1
+            self._cache_tail = []  # our batches are not kept decoded during a bulk load
+            self._cache_w = -1
+        completed = False
+        try:
+            yield self
+            completed = True
+        finally:
+            with self._mutex:
+                self._bulk_depth -= 1
+                outermost = self._bulk_depth == 0
+        if completed and outermost and not self._closed:
+            self.compact(history=False, progress=progress)
 
     def compact(
         self, *, history: bool = True, progress: Callable[[str], None] | None = None
@@ -730,162 +848,202 @@ class ParquetTrackingStore(RetriedReads):
     def _fold_locked(
         self, state: dict[str, Any], progress: Callable[[str], None] | None
     ) -> tuple[int, int, dict[str, Any]]:
+        """Fold the snapshots past the watermark into ``current/`` and ``open/``.
+
+        The requested days are folded in windows of consecutive days holding at most
+        :data:`_FOLD_WINDOW_ROWS` rows (new snapshots plus the days' current rows). Each
+        window reads its rows once: history batches hold one row group per requested day,
+        so the scan reads only the window's groups. A window's days are written (each
+        replaced by a rename) on worker threads while the next window is folded.
+
+        A message (re-)entered with another requested day must leave its old day: the
+        windows note each new message's days, and once they are written, the days a moved
+        message must leave are folded again without it (rare: a resend on another day).
+        A fold that dies leaves the watermark where it was; the next fold redoes the work.
+        """
         w = int(state["watermark"])
         files = [f for f in self.paths.history_files() if f.hi > w]
         if not files:
             return 0, 0, state
         top = max(f.hi for f in files)
         delta = _scan_files([f.path for f in files]).filter(pl.col("seq") > w)
-        day_of = pl.col("requested_at").dt.date()
         per_day = (
-            delta.group_by(day_of.alias("d")).agg(pl.len().alias("n")).collect(engine="streaming")
+            delta.group_by(_DAY.alias("d")).agg(pl.len().alias("n")).collect(engine="streaming")
         )
         rows_of = dict(zip(per_day.get_column("d").to_list(), per_day.get_column("n"), strict=True))
-        exclude = self._moved_locked(delta, w)
-        days_sorted = sorted(set(rows_of) | set(exclude))
-        n_rows = 0
-        open_parts: list[pl.DataFrame] = []
-        covered: list[date] = []
-        window: dict[date, pl.DataFrame] = {}
-        ready: list[tuple[date, pl.DataFrame]] = []  # folded days waiting to be written
-        ready_rows = 0
-        for i, day in enumerate(days_sorted):
-            if progress is not None:
-                progress(f"folding {day} ({i + 1}/{len(days_sorted)})")
-            if day not in covered:  # read the delta once per window of consecutive days
-                covered, window = self._delta_window(delta, days_sorted[i:], rows_of)
-            parts = [window.pop(day, _EMPTY).lazy()]
-            target = self.paths.current_file(day)
-            if target.exists():  # rows past w are there only if a fold died: delta has them
-                parts.insert(
-                    0,
-                    pl.scan_parquet(target, schema=POLARS_SCHEMA, missing_columns="insert").filter(
-                        pl.col("seq") <= w
-                    ),
-                )
-            if day in exclude:
-                parts = [p.filter(~pl.col("message_id").is_in(exclude[day])) for p in parts]
-            merged = (
-                latest(pl.concat(parts, how="vertical_relaxed"))
-                .sort("requested_at")
-                .with_columns(pl.lit(day).alias(CURRENT_PARTITION))
-                .collect()
-            )
-            n_rows += merged.height
-            ready.append((day, merged))
-            ready_rows += merged.height
-            if ready_rows >= _FOLD_WRITE_ROWS or i == len(days_sorted) - 1:
-                self._replace_days(ready)
-                ready, ready_rows = [], 0
-            # copied out (through Arrow): a filtered frame's strings are views into the
-            # whole day's buffers, which would otherwise stay alive, day after day
-            still_open = pl.from_arrow(
-                merged.filter(pl.col("status").is_in(POLLABLE_STATUSES)).to_arrow()
-            )
-            assert isinstance(still_open, pl.DataFrame)
-            open_parts.append(still_open)
+        spans = [(f.path, _requested_span(f.path)) for f in files]
+        written: dict[date, int] = {}
+        open_rows: dict[date, pl.DataFrame] = {}
+        one_day: list[pl.DataFrame] = []  # (h, d): new messages seen on one day of a window
+        many_days: list[pl.Series] = []  # h: new messages seen on several days of a window
+
+        def fold(days: list[date], exclude: Mapping[date, list[str]]) -> None:
+            held = {day: rows_of.get(day, 0) + self._current_rows(day) for day in days}
+            with _DayWriter(self, progress, len(days)) as writer:
+                for window in _fold_windows(days, held, _FOLD_WINDOW_ROWS):
+                    merged, entered = self._fold_window(spans, window, w, exclude)
+                    several = pl.col("d0") != pl.col("d1")
+                    many_days.append(entered.filter(several).get_column("h"))
+                    one_day.append(entered.filter(~several).select("h", pl.col("d0").alias("d")))
+                    tables = _copied_days(merged, window, open_rows)
+                    del merged, entered  # the window's buffers go before the next is read
+                    written.update((day, t.num_rows) for day, t in tables.items())
+                    writer.write(tables)
+
+        fold(sorted(rows_of), {})
+        exclude = self._moved_locked(one_day, many_days, delta, w)
+        one_day.clear()
+        many_days.clear()
+        if exclude:
+            fold(sorted(exclude), exclude)
+        touched = sorted(written)
         # the open set: untouched days keep their open rows, touched days bring theirs
         old_open = self.paths.open_file()
         kept = (
-            pl.read_parquet(old_open).filter(~pl.col(CURRENT_PARTITION).is_in(days_sorted))
+            pl.read_parquet(old_open).filter(~pl.col(CURRENT_PARTITION).is_in(touched))
             if old_open.exists()
             else None
         )
-        frames = [f for f in [kept, *open_parts] if f is not None and f.height]
+        frames = [f for f in [kept, *open_rows.values()] if f is not None and f.height]
         open_table = (
             pl.concat(frames, how="vertical_relaxed")
             if frames
             else pl.DataFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
         )
         staged = self.paths.staging_file()
-        self._write_parquet(open_table.to_arrow(), staged)
+        self._to_parquet(open_table, staged)
         os.replace(staged, old_open)
         fold_date = max(f.ingest_date for f in files).isoformat()
         state = {**state, "watermark": top, "fold_date": fold_date}
         self._write_state(state)
-        return n_rows, len(days_sorted), state
+        return sum(written.values()), len(touched), state
 
-    def _replace_days(self, days: list[tuple[date, pl.DataFrame]]) -> None:
-        """Write folded days in one partitioned write, then rename each file into place."""
-        stage = self.paths.staging / f"fold-{uuid.uuid4().hex}"
-        full = [frame for _day, frame in days if frame.height]
-        if full:
-            import ibis
+    def _current_rows(self, day: date) -> int:
+        """Rows of a requested day's current file (from its footer; 0 when there is none)."""
+        try:
+            return int(pq.read_metadata(self.paths.current_file(day)).num_rows)
+        except FileNotFoundError:
+            return 0
 
-            table = pl.concat(full, how="vertical").to_arrow()
-            expr = ibis.memtable(table)
-            try:
-                self._to_parquet(expr, stage, partition_by=CURRENT_PARTITION)
-            finally:
-                self._forget(expr)
-        for day, frame in days:
-            target = self.paths.current_file(day)
-            target.parent.mkdir(exist_ok=True)
-            if frame.height:
-                os.replace(stage / target.parent.name / target.name, target)
-            else:  # every message of the day moved elsewhere: an empty file
-                staged = self.paths.staging_file()
-                self._write_parquet(frame.drop(CURRENT_PARTITION).to_arrow(), staged)
-                os.replace(staged, target)
-        shutil.rmtree(stage, ignore_errors=True)
+    def _fold_window(
+        self,
+        spans: Sequence[tuple[Path, tuple[datetime, datetime] | None]],
+        days: Sequence[date],
+        w: int,
+        exclude: Mapping[date, list[str]],
+    ) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The folded current rows of ``days`` (consecutive), and the days of new messages.
 
-    @staticmethod
-    def _delta_window(
-        delta: pl.LazyFrame, days: list[date], rows_of: Mapping[date, int]
-    ) -> tuple[list[date], dict[date, pl.DataFrame]]:
-        """The next days and their delta rows, read at once (up to :data:`_FOLD_WINDOW_ROWS`).
-
-        One range scan serves a whole window, so row-group statistics prune it and no
-        file is decoded once per day.
+        ``spans`` are the history files past ``w`` with the requested times they hold
+        (``None``: unknown); only those that overlap the days are read.
+        The days' current rows as of ``w`` and their snapshots past ``w`` are read once;
+        rows of messages that ``exclude`` moves off a day are dropped; per day and message
+        the snapshot that wins by the precedence rule stays (the column ``requested_date``
+        says the day; a day's rows come in a few runs). The second frame has, per id
+        hash ``h`` of the window's snapshots past ``w``, whether one (re)states the
+        message (``entered``) and its first and last requested day (``d0``, ``d1``).
         """
-        taken, total = [days[0]], rows_of.get(days[0], 0)
-        for day in days[1:]:
-            total += rows_of.get(day, 0)
-            if total > _FOLD_WINDOW_ROWS:
-                break
-            taken.append(day)
-        start = datetime.combine(taken[0], datetime.min.time(), UTC)
-        end = datetime.combine(taken[-1], datetime.min.time(), UTC) + timedelta(days=1)
-        rows = (
-            delta.filter((pl.col("requested_at") >= start) & (pl.col("requested_at") < end))
-            .with_columns(pl.col("requested_at").dt.date().alias("__day"))
-            .collect(engine="streaming")
+        start = datetime.combine(days[0], datetime.min.time(), UTC)
+        end = datetime.combine(days[-1], datetime.min.time(), UTC) + timedelta(days=1)
+        in_window = (pl.col("requested_at") >= start) & (pl.col("requested_at") < end)
+        sources = [p for p, span in spans if span is None or (span[0] < end and span[1] >= start)]
+        parts = [
+            _scan_files(sources)
+            .filter((pl.col("seq") > w) & in_window)
+            .with_columns(_DAY.alias(CURRENT_PARTITION))
+            if sources
+            else pl.LazyFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
+        ]
+        # rows past w are in a current file only if a fold died there: delta has them
+        old = [str(p) for p in map(self.paths.current_file, days) if p.exists()]
+        if old:
+            parts.insert(0, _scan_current_files(old).filter(pl.col("seq") <= w))
+        frame = pl.concat(parts, how="vertical_relaxed").collect()
+        entered = (
+            frame.lazy()
+            .filter(pl.col("seq") > w)
+            .group_by(_ID_HASH)
+            .agg(
+                pl.col("snapshot_kind").is_in(_ENTRY_KINDS).any().alias("entered"),
+                pl.col(CURRENT_PARTITION).min().alias("d0"),
+                pl.col(CURRENT_PARTITION).max().alias("d1"),
+            )
+            .filter(pl.col("entered"))
+            .collect()
         )
-        parts = rows.partition_by("__day", as_dict=True, include_key=False)
-        return taken, {key[0]: part for key, part in parts.items()}
+        gone = [(day, mid) for day in days for mid in exclude.get(day, ())]
+        if gone:
+            pairs = pl.DataFrame(
+                {CURRENT_PARTITION: [d for d, _ in gone], "message_id": [m for _, m in gone]},
+                schema={CURRENT_PARTITION: pl.Date, "message_id": pl.String},
+            )
+            frame = frame.join(pairs, on=[CURRENT_PARTITION, "message_id"], how="anti")
+        k = snapshot_key()
+        merged = frame.filter(k == k.max().over(CURRENT_PARTITION, "message_id"))
+        del frame
+        # each source lists a day's rows together (current files hold one day, history
+        # batches are in requested order): a day is a few runs, no sort needed
+        runs = merged.get_column(CURRENT_PARTITION).rle_id().max()
+        if isinstance(runs, int) and runs >= _MAX_RUNS_PER_DAY * len(days):
+            merged = merged.sort(CURRENT_PARTITION, "requested_at")
+        return merged, entered
 
-    def _moved_locked(self, delta: pl.LazyFrame, w: int) -> dict[date, list[str]]:
+    def _replace_day(self, day: date, rows: pa.Table) -> None:
+        """Write one requested day's folded rows, then rename the file into place."""
+        target = self.paths.current_file(day)
+        target.parent.mkdir(exist_ok=True)
+        staged = self.paths.staging_file()
+        self._to_parquet(rows, staged, folded=True)
+        os.replace(staged, target)
+
+    def _moved_locked(
+        self, one_day: list[pl.DataFrame], many_days: list[pl.Series], delta: pl.LazyFrame, w: int
+    ) -> dict[date, list[str]]:
         """Messages (re-)entered past ``w`` whose current row must leave a requested day.
 
-        Returns, per day, the ids that day must not hold after the fold: the message's
-        winning snapshot (by the precedence rule) lives on another day.
+        The windows noted each new message by a 64-bit hash ``h`` of its id: ``one_day``
+        holds ``(h, d)`` of those seen on one day ``d`` of a window, ``many_days`` those
+        seen on several. Returns, per day, the ids that day must not hold: the message's
+        winning snapshot (by the precedence rule) lives on another day. Candidates are
+        found on the hashes (12 bytes per message), then checked on the ids themselves.
         """
-        entered = (
-            delta.filter(pl.col("snapshot_kind").is_in(_ENTRY_KINDS)).select("message_id").unique()
-        )
-        current = self._scan_current().filter(pl.col("seq") <= w)
-        day = pl.col("requested_at").dt.date().alias("day")
-        pairs = pl.concat(
-            [
-                current.join(entered, on="message_id", how="semi").select(
-                    "message_id", pl.col(CURRENT_PARTITION).alias("day")
-                ),
-                delta.join(entered, on="message_id", how="semi").select("message_id", day),
-            ]
-        )
-        # only messages seen on more than one requested day can be misplaced
-        ids = (
-            pairs.unique()
-            .group_by("message_id")
-            .agg(pl.len().alias("n"))
-            .filter(pl.col("n") > 1)
-            .select("message_id")
-            .collect(engine="streaming")
-        )
+        # only messages seen on more than one requested day can be misplaced: on several
+        # days of one window, in two windows (a hash twice), or in current/ on another day
+        hashes = list(many_days)
+        singles = pl.concat(one_day) if one_day else pl.DataFrame()
+        if singles.height:
+            h = singles.get_column("h").sort()
+            hashes.append(h.filter(h == h.shift(1)))
+            del h
+        files = self._current_files()
+        if files and singles.height:  # rows as of w: so far the fold only added rows past w
+            elsewhere = (
+                _scan_current_files(files)
+                .filter(pl.col("seq") <= w)
+                .select(_ID_HASH, pl.col(CURRENT_PARTITION).alias("day"))
+                .join(singles.lazy(), on="h")
+                .filter(pl.col("day") != pl.col("d"))
+                .select("h")
+                .collect(engine="streaming")
+            )
+            hashes.append(elsewhere.get_column("h"))
+        del singles
+        if not hashes:
+            return {}
+        ids = pl.concat(hashes).unique()
         if ids.is_empty():
             return {}
-        old = current.join(ids.lazy(), on="message_id", how="semi").collect()
-        theirs = delta.join(ids.lazy(), on="message_id", how="semi").collect()
+        theirs = delta.filter(_ID_HASH.is_in(ids.implode())).collect()
+        mine = theirs.filter(pl.col("snapshot_kind").is_in(_ENTRY_KINDS)).select("message_id")
+        theirs = theirs.join(mine.unique(), on="message_id", how="semi")  # no hash collisions
+        old = pl.DataFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
+        if files:
+            old = (
+                _scan_current_files(files)
+                .filter((pl.col("seq") <= w) & _ID_HASH.is_in(ids.implode()))
+                .join(theirs.lazy().select("message_id").unique(), on="message_id", how="semi")
+                .collect()
+            )
         both = pl.concat([old.drop(CURRENT_PARTITION), theirs], how="vertical")
         winner_day = (
             latest(both.lazy())
@@ -909,7 +1067,12 @@ class ParquetTrackingStore(RetriedReads):
     def _merge_history_locked(
         self, state: dict[str, Any], progress: Callable[[str], None] | None
     ) -> None:
-        """Merge each history partition's files into one (only rows at or below the watermark)."""
+        """Merge each history partition's small files into one (rows at or below the watermark).
+
+        Files of at least :data:`_BIG_FILE_ROWS` rows (or :data:`_BIG_FILE` bytes) stay as
+        they are: a query's cost per file is small next to reading that many rows, and
+        rewriting them would cost a compaction as much as the fold itself.
+        """
         w = int(state["watermark"])
         by_day: dict[date, list[HistoryFile]] = {}
         for f in self.paths.history_files():
@@ -917,11 +1080,15 @@ class ParquetTrackingStore(RetriedReads):
         for day, files in sorted(by_day.items()):
             if len(files) < 2 or any(f.hi > w for f in files):
                 continue
-            if progress is not None:
-                progress(f"merging history {day} ({len(files)} files)")
-            small = [f for f in files if f.path.stat().st_size < _BIG_FILE]
+            small = [
+                f
+                for f in files
+                if history_rows(f) < _BIG_FILE_ROWS and f.path.stat().st_size < _BIG_FILE
+            ]
             if len(small) < 2:
                 continue
+            if progress is not None:
+                progress(f"merging history {day} ({len(small)} of {len(files)} files)")
             lo, hi = min(f.lo for f in small), max(f.hi for f in small)
             newdir = self.paths.staging / f"hist-{day.isoformat()}"
             newdir.mkdir()
@@ -1033,6 +1200,229 @@ def _read_files(paths: list[Path]) -> pl.DataFrame:
         if found is None:
             raise
         raise found from err
+
+
+def _scan_current_files(files: Sequence[str]) -> pl.LazyFrame:
+    """Current files with their ``requested_date`` (read from the directory names)."""
+    return pl.scan_parquet(
+        list(files),
+        schema=POLARS_SCHEMA,
+        missing_columns="insert",
+        hive_partitioning=True,
+        hive_schema=_HIVE,
+        glob=False,
+    )
+
+
+def _requested_span(path: Path) -> tuple[datetime, datetime] | None:
+    """The first and last ``requested_at`` of a file, from its footer (``None``: unknown)."""
+    meta = pq.read_metadata(path)
+    try:
+        at = meta.schema.to_arrow_schema().get_field_index("requested_at")
+        stats = [meta.row_group(i).column(at).statistics for i in range(meta.num_row_groups)]
+        lows = [s.min for s in stats if s is not None and s.has_min_max]
+        highs = [s.max for s in stats if s is not None and s.has_min_max]
+    except (ValueError, TypeError, KeyError):  # a column or statistics it cannot give
+        return None
+    if len(lows) != meta.num_row_groups or not lows:
+        return None
+    low, high = min(lows), max(highs)
+    if not (isinstance(low, datetime) and isinstance(high, datetime)):
+        return None
+    return low, high
+
+
+def _fold_windows(
+    days: Sequence[date], held: Mapping[date, int], budget: int
+) -> Iterator[list[date]]:
+    """``days`` (sorted) in runs holding at most ``budget`` rows (a bigger day stands alone).
+
+    Examples
+    --------
+    >>> d = [date(2026, 11, i) for i in (1, 2, 3, 5)]
+    >>> [len(w) for w in _fold_windows(d, dict(zip(d, [40, 50, 30, 90])), 100)]
+    [2, 1, 1]
+    """
+    window: list[date] = []
+    rows = 0
+    for day in days:
+        if window and rows + held[day] > budget:
+            yield window
+            window, rows = [], 0
+        window.append(day)
+        rows += held[day]
+    if window:
+        yield window
+
+
+class _DayWriter:
+    """Writes a fold's days into ``current/``, on worker threads, while the next window is read.
+
+    :meth:`write` first waits for the previous window's files, so at most two windows
+    are held. The first failed write is raised (by :meth:`write` or on leaving the block);
+    leaving the block always waits for every write begun.
+    """
+
+    def __init__(
+        self, store: ParquetTrackingStore, progress: Callable[[str], None] | None, total: int
+    ) -> None:
+        self._store = store
+        self._progress = progress
+        self._total = total
+        self._done = 0
+        threads = _FOLD_WRITERS if store._local_writes else 0  # an Ibis backend: one at a time
+        self._pool = ThreadPoolExecutor(threads, "kmsg-fold") if threads else None
+        self._pending: list[Future[None]] = []
+
+    def __enter__(self) -> _DayWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+            else:  # the error that stopped the fold is the one to report
+                with contextlib.suppress(Exception):
+                    self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+    def wait(self) -> None:
+        """Wait for every write begun; raise the first that failed."""
+        pending, self._pending = self._pending, []
+        errors = [err for err in (f.exception() for f in pending) if err is not None]
+        if errors:
+            raise errors[0]
+
+    def write(self, days: Mapping[date, pa.Table]) -> None:
+        """Replace the current file of each day with its rows (after the previous writes)."""
+        self.wait()
+        for day, rows in days.items():
+            self._done += 1
+            if self._progress is not None:
+                self._progress(f"folding {day} ({self._done}/{self._total})")
+            if self._pool is None:
+                self._store._replace_day(day, rows)
+            else:
+                self._pending.append(self._pool.submit(self._store._replace_day, day, rows))
+
+
+def _split_days(merged: pl.DataFrame, days: Sequence[date]) -> dict[date, pl.DataFrame]:
+    """Each of ``days`` with its rows of ``merged`` (a ``requested_date`` column), in order.
+
+    A day's rows are gathered from the runs of that day in ``merged``, without copying
+    (slices of its buffers); a day without rows gets an empty frame (every message it
+    held moved to another day).
+    """
+    runs = merged.get_column(CURRENT_PARTITION).rle().struct.unnest()
+    at: dict[date, list[tuple[int, int]]] = {}
+    offset = 0
+    for n, day in zip(runs.get_column("len"), runs.get_column("value"), strict=True):
+        at.setdefault(day, []).append((offset, n))
+        offset += n
+    rows = merged.drop(CURRENT_PARTITION)
+    empty = rows.clear()
+    return {
+        day: pl.concat([rows.slice(*run) for run in at[day]], rechunk=False) if day in at else empty
+        for day in days
+    }
+
+
+def _copied_days(
+    merged: pl.DataFrame, days: Sequence[date], open_rows: dict[date, pl.DataFrame]
+) -> dict[date, pa.Table]:
+    """Each day's rows of a folded window as an Arrow table; its open rows into ``open_rows``.
+
+    Both are copies: the window's rows are views into the buffers of everything it read,
+    which would otherwise stay alive as long as any of them.
+    """
+    tables: dict[date, pa.Table] = {}
+    for day, rows in _split_days(merged, days).items():
+        tables[day] = rows.to_arrow()
+        still_open = pl.from_arrow(
+            rows.filter(pl.col("status").is_in(POLLABLE_STATUSES)).to_arrow()
+        )
+        assert isinstance(still_open, pl.DataFrame)
+        open_rows[day] = still_open.with_columns(pl.lit(day).alias(CURRENT_PARTITION))
+    return tables
+
+
+def _by_requested_time(table: pa.Table) -> pa.Table:
+    """``table`` stably sorted by ``requested_at`` (itself when already in that order)."""
+    n = table.num_rows
+    col = table.column("requested_at")
+    if n < 2 or pc.all(pc.less_equal(col.slice(0, n - 1), col.slice(1))).as_py():
+        return table
+    return table.take(pc.sort_indices(col))
+
+
+def _day_ends(table: pa.Table) -> list[int]:
+    """Row offsets ending a row group per requested day (small days share a group).
+
+    ``table`` is sorted by ``requested_at``; a table in another order just gets groups
+    of mixed days.
+    """
+    n = table.num_rows
+    if "requested_at" not in table.column_names or n <= _GROUP_MIN_ROWS:
+        return [n]
+    micros = table.column("requested_at").cast(pa.int64())
+    days = pc.divide(micros, pa.scalar(_DAY_MICROS, pa.int64())).combine_chunks()
+    out: list[int] = []
+    start = 0
+    for end in pc.run_end_encode(days).run_ends.to_pylist():
+        if end - start >= _GROUP_MIN_ROWS:
+            out.append(end)
+            start = end
+    if not out:
+        return [n]
+    out[-1] = n  # a small rest joins the last group
+    return out
+
+
+def _folded_options(table: pa.Table) -> dict[str, Any]:
+    """pyarrow options of a folded file: zstd level 1, dictionaries and statistics by column."""
+    present = set(table.column_names)
+    return {
+        "store_schema": False,  # types from Parquet's own: large strings read back as strings
+        "compression": "zstd",
+        "compression_level": _ZSTD_LEVEL,
+        "use_dictionary": [c for c in _DICTIONARY_COLUMNS if c.split(".")[0] in present],
+        "write_statistics": [c for c in (*_STATISTICS_COLUMNS, CURRENT_PARTITION) if c in present],
+        "write_batch_size": _WRITE_BATCH_ROWS,
+    }
+
+
+def _leaf_columns(schema: pa.Schema) -> list[str]:
+    """The Parquet column paths of ``schema`` (a struct's fields as ``name.field``)."""
+    out: list[str] = []
+    for f in schema:
+        if pa.types.is_struct(f.type):
+            out.extend(f"{f.name}.{f.type.field(i).name}" for i in range(f.type.num_fields))
+        else:
+            out.append(f.name)
+    return out
+
+
+def _write_batch(table: pa.Table, path: Path) -> None:
+    """Write a batch as :data:`_BATCH_COMPRESSION` Parquet, a row group per requested day."""
+    present = set(table.column_names)
+    write_row_groups(
+        table,
+        path,
+        _day_ends(table),
+        max_rows=_GROUP_MAX_ROWS,
+        options={
+            "store_schema": False,
+            "compression": {
+                c: "none" if c in _RANDOM_COLUMNS else _BATCH_COMPRESSION
+                for c in _leaf_columns(table.schema)
+            },
+            "use_dictionary": [c for c in _DICTIONARY_COLUMNS if c.split(".")[0] in present],
+            "write_statistics": [c for c in _BATCH_STATISTICS if c in present],
+            "write_batch_size": _WRITE_BATCH_ROWS,
+        },
+    )
 
 
 @contextlib.contextmanager

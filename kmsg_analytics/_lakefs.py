@@ -17,7 +17,7 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ._errors import LakeError
 
-__all__ = ["HistoryFile", "LakePaths", "WriteAheadLog"]
+__all__ = ["HistoryFile", "LakePaths", "WriteAheadLog", "write_row_groups"]
 
 log = logging.getLogger("kmsg_analytics.lake")
 
@@ -131,6 +133,38 @@ class LakePaths:
     def staging_file(self, suffix: str = ".parquet") -> Path:
         """A fresh path in the staging folder (same filesystem as the datasets)."""
         return self.staging / f"{uuid.uuid4().hex}{suffix}"
+
+
+def history_rows(f: HistoryFile, watermark: int = 0) -> int:
+    """Rows of a history file past ``watermark``, from its name (sequence numbers are dense)."""
+    return max(0, f.hi - max(f.lo, watermark + 1) + 1)
+
+
+# --------------------------------------------------------------------------- Parquet files
+
+
+def write_row_groups(
+    table: pa.Table,
+    path: Path,
+    ends: Sequence[int],
+    *,
+    max_rows: int,
+    options: Mapping[str, Any],
+) -> None:
+    """Write ``table`` to ``path`` as one Parquet file whose row groups end at ``ends``.
+
+    ``ends`` are increasing row offsets (the last one is ``table.num_rows``); a group
+    longer than ``max_rows`` is split. ``options`` go to :class:`pyarrow.parquet.ParquetWriter`.
+    A reader that prunes row groups by their statistics then reads a group's rows only.
+    """
+    with pq.ParquetWriter(path, table.schema, **options) as writer:
+        start = 0
+        for end in ends:
+            if end > start:
+                writer.write_table(table.slice(start, end - start), row_group_size=max_rows)
+            start = end
+        if start < table.num_rows or table.num_rows == 0:
+            writer.write_table(table.slice(start), row_group_size=max_rows)
 
 
 # --------------------------------------------------------------------------- lock

@@ -6,6 +6,7 @@ import hmac
 import json
 from typing import Any
 
+import orjson
 import polars as pl
 import pyarrow as pa
 
@@ -165,6 +166,17 @@ _OPTIONAL_TEXT = (
 _MAX_JSON_BYTES = 1_000_000
 
 
+def _parse_json(text: str) -> Any:
+    """``text`` parsed by orjson (fast), else by :mod:`json` (what orjson refuses, say NaN).
+
+    Raises ``ValueError`` for text that is not JSON.
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def _check_json_column(frame: pl.DataFrame, name: str) -> None:
     """Every value of a JSON text column is at most 1 MB and parses (metadata: an object)."""
     col = frame.get_column(name)
@@ -178,7 +190,7 @@ def _check_json_column(frame: pl.DataFrame, name: str) -> None:
         raise InvalidRecordError(name, f"<{size} bytes>", "at most 1 MB of JSON")
     for text in col.drop_nulls().unique().to_list():  # distinct values only
         try:
-            value = json.loads(text)
+            value = _parse_json(text)
         except ValueError:
             raise InvalidRecordError(name, text, "JSON text") from None
         if name == "metadata" and not isinstance(value, dict):
@@ -238,7 +250,9 @@ def frame_to_table(
         **{f"__{p}_norm": normalize_numbers(pl.col(n)) for n, p in numbers},
     )
     for n in times:
-        given = pl.col(n).is_not_null() & (pl.col(n).cast(pl.String) != "")
+        given = pl.col(n).is_not_null()
+        if frame.schema[n] == pl.String:  # an empty text means no time, like a null
+            given = given & (pl.col(n) != "")
         parsed = pl.col(f"__{n}")
         bad = (given & parsed.is_null()) | (
             parsed.is_not_null() & ((parsed < _LOW) | (parsed >= _HIGH))

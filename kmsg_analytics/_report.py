@@ -18,11 +18,13 @@ charts as SVG/PNG files (the README's main job calls it).
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -238,13 +240,25 @@ def collect_report(
 ) -> Report:
     """Run every analysis of the report window (what :func:`build_report` writes).
 
-    The analyses share their reductions of the window's records (one pass for the
-    summary and its per-provider and per-type tables, one per time step for the series).
+    The analyses share their reductions of the window's records: one pass per UTC hour,
+    provider and type gives the summary, its per-provider and per-type tables and every
+    series (a pass per time step in other time zones). Charts are drawn on a background
+    thread as their results arrive.
     """
-    with analytics._reusing():
-        return _collect_report(
-            analytics, since=since, start=start, end=end, progress=progress, charts=charts
-        )
+    drawers: list[_BackgroundCharts] = []
+    try:
+        with analytics._reusing():
+            return _collect_report(
+                analytics,
+                since=since,
+                start=start,
+                end=end,
+                progress=progress,
+                drawers=drawers if charts else None,
+            )
+    finally:
+        for drawer in drawers:
+            drawer.close()
 
 
 def _collect_report(
@@ -254,11 +268,22 @@ def _collect_report(
     start: Any,
     end: Any,
     progress: Callable[[str], object] | None,
-    charts: bool,
+    drawers: list[_BackgroundCharts] | None,
 ) -> Report:
+    """The report's numbers; ``drawers`` (when charts are wanted) gets the chart drawer."""
     from . import __version__
 
-    steps = 10 if charts else 9
+    waiting: list[tuple[str, Any]] = []
+
+    def draw(key: str, result: Any) -> None:
+        # charts wait for the rate maturity: its long queries hold no interpreter lock,
+        # so drawing (which holds it) costs them least
+        if drawers:
+            drawers[0].submit(key, result)
+        else:
+            waiting.append((key, result))
+
+    steps = 10 if drawers is not None else 9
     prog = _Progress(progress, steps)
     with prog.step("window and provenance"):
         s, e, how = _resolve_window(analytics, since, start, end)
@@ -272,7 +297,10 @@ def _collect_report(
             "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "generator": f"kmsg-analytics {__version__}",
         }
+    hourly = e - s <= timedelta(days=400)  # the heatmap's series: the others are its sums
     with prog.step("summary"):
+        if hourly:
+            analytics._reduce_hourly(s, e)
         summary = analytics.summary(s, e, include_by_provider=True, include_by_type=True)
         if summary.total == 0:
             msg = (
@@ -297,44 +325,46 @@ def _collect_report(
     with prog.step(f"time series ({step} buckets)"):
         tables["rates_by_provider"] = analytics.rates(s, e, every=step, by="provider_id")
         tables["rates"] = analytics.rates(s, e, every=step)
-        hourly = analytics.rates(s, e, every="1h") if e - s <= timedelta(days=400) else None
+        heatmap = analytics.rates(s, e, every="1h") if hourly else None
+    draw("status_mix", tables["rates"])
+    draw("delivery_rate", tables["rates_by_provider"])
+    draw("heatmap", heatmap)
     with prog.step("latency"):
         latency = analytics.latency(s, e, by="provider_id")
         tables["latency"] = latency.table
+    draw("latency", latency)
     with prog.step("failures"):
         failures = analytics.failures(s, e)
         tables["failure_codes"] = failures.codes
         tables["failure_categories"] = failures.categories
         tables["tracking_problems"] = failures.tracking
+    draw("failure_codes", failures)
     with prog.step("failover funnel"):
         funnel = analytics.failover_funnel(s, e)
         tables["failover_stages"] = funnel.stages
         tables["failover_rates"] = funnel.rates
+    draw("failover", funnel)
+    if drawers is not None:
+        drawers.append(_BackgroundCharts(analytics.min_n))
+        for key, result in waiting:
+            draw(key, result)
     with prog.step("rate maturity"):
         maturity = analytics.rate_maturity(s, e)
         tables["maturity"] = maturity
+    draw("maturity", maturity)
     with prog.step("what changed (against the window before)"):
         length = e - s
         baseline = (s - length - timedelta(microseconds=1), s - timedelta(microseconds=1))
         comparison = analytics.compare((s, e), baseline, top=5)
         tables["what_changed_overall"] = comparison.overall
         tables["what_changed"] = comparison.slices
+    draw("what_changed", comparison)
     with prog.step("recent failures (numbers masked)"):
         tables["recent_failures"] = _recent_failures(analytics, s, e)
     report = Report(provenance=provenance, summary=summary, tables=tables)
-    if charts:
-        with prog.step("charts (inline SVG)"):
-            results = {
-                "status_mix": tables["rates"],
-                "delivery_rate": tables["rates_by_provider"],
-                "latency": latency,
-                "heatmap": hourly,
-                "failure_codes": failures,
-                "failover": funnel,
-                "maturity": maturity,
-                "what_changed": comparison,
-            }
-            report.charts, report.charts_note = render_charts(results, analytics.min_n)
+    if drawers:
+        with prog.step("charts (inline SVG)"):  # drawn meanwhile: waits for the last ones
+            report.charts, report.charts_note = drawers[0].finish()
     report.timings = prog.timings
     return report
 
@@ -396,6 +426,84 @@ def render_charts(
             failed.append(f"{key}: {type(err).__name__}: {err}")
     note = ("일부 차트를 그리지 못했습니다: " + "; ".join(failed)) if failed else None
     return out, note
+
+
+class _BackgroundCharts:
+    """Renders the report's charts on one background thread while the rest is computed.
+
+    Charts are submitted as their results arrive; :meth:`finish` waits for them and
+    returns what :func:`render_charts` would (the SVG per chart and a note for those that
+    could not be drawn). The thread first imports the chart builders (altair takes
+    seconds) and draws a tiny chart (vl-convert's first drawing starts its engine, about
+    a second). Importing and drawing hold the interpreter lock, so the report starts
+    this just before its longest queries, which run without it.
+    """
+
+    def __init__(self, min_n: int) -> None:
+        self.min_n = min_n
+        self.note: str | None = None
+        self.builders: dict[str, Callable[[Any], Any]] = {}
+        self.futures: dict[str, Future[str | None]] = {}
+        self.pool: ThreadPoolExecutor | None = None
+        try:
+            import vl_convert as vlc
+        except ImportError as err:
+            self.note = f"차트를 그리지 못했습니다 ({err}). 설치: {INSTALL_HINT}"
+            return
+        self.convert = vlc.vegalite_to_svg
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kmsg-report-charts")
+        self.pool.submit(self._start)
+
+    def _start(self) -> None:
+        try:
+            self.builders = _chart_builders(self.min_n)
+        except ImportError as err:
+            self.note = f"차트를 그리지 못했습니다 ({err}). 설치: {INSTALL_HINT}"
+            return
+        with contextlib.suppress(Exception):  # a real chart will say what is wrong
+            self.convert(_WARM_UP_SPEC)
+
+    def submit(self, key: str, result: Any) -> None:
+        """Start drawing chart ``key`` of ``result`` (nothing for a missing result)."""
+        if self.pool is not None and result is not None:
+            self.futures[key] = self.pool.submit(self._render, key, result)
+
+    def _render(self, key: str, result: Any) -> str | None:
+        builder = self.builders.get(key)
+        return None if builder is None else self.convert(builder(result).to_dict())
+
+    def finish(self) -> tuple[dict[str, str], str | None]:
+        """Every submitted chart as SVG (in submission order) and the note of failures."""
+        out: dict[str, str] = {}
+        failed: list[str] = []
+        for key, future in self.futures.items():
+            try:
+                svg = future.result()
+            except Exception as err:  # one broken chart must not lose the report
+                failed.append(f"{key}: {type(err).__name__}: {err}")
+                continue
+            if svg is not None:
+                out[key] = svg
+        self.close()
+        if self.note is not None:  # no chart could be drawn at all
+            return {}, self.note
+        if failed:
+            return out, "일부 차트를 그리지 못했습니다: " + "; ".join(failed)
+        return out, None
+
+    def close(self) -> None:
+        """Stop the thread (charts not started yet are dropped); safe to call twice."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+
+#: The smallest chart: drawing it starts vl-convert's engine.
+_WARM_UP_SPEC: Final = {
+    "data": {"values": [{"x": 0}]},
+    "mark": "point",
+    "encoding": {"x": {"field": "x", "type": "quantitative"}},
+}
 
 
 def charts_for_demo(

@@ -1130,3 +1130,94 @@ def test_a_report_reuses_its_reductions_and_answers_the_same() -> None:
     assert an._memo is None  # ... only inside the block
     assert first.total == sum(first.by_status.values())
     _same(reused, alone)
+
+
+def test_one_hourly_reduction_answers_the_summary_and_every_series() -> None:
+    """Inside a report: summaries and whole-hour series are sums of one per-hour pass."""
+    an, _model = memory_analytics(_seeded_messages(60, seed=8))
+
+    def answers() -> list[Any]:
+        s = an.summary(START, END, include_by_provider=True, include_by_type=True)
+        out: list[Any] = [s.total, s.by_status, s.rates, s.metrics]
+        out += [{k: (v.total, v.by_status) for k, v in (s.by_provider or {}).items()}]
+        out += [{k: (v.total, v.by_status) for k, v in (s.by_type or {}).items()}]
+        out += [an.summary(START, END, by=["provider_id", "status"]).breakdown]
+        for every in ("1h", "6h", "1d", "1w", "1mo", "15m"):
+            out.append(an.rates(START, END, every=every))
+            out.append(an.rates(START, END, every=every, by="provider_id"))
+        out.append(an.rates(START, END, every="1d", by="type", definition="reached"))
+        return out
+
+    alone = answers()
+    with an._reusing():
+        an._reduce_hourly(START, END)
+        assert an._memo is not None
+        assert len(next(iter(an._memo.values()))) == 1
+        reused = answers()
+        kept = next(iter(an._memo.values()))
+        # only the 15-minute series and the breakdown by status needed passes of their own
+        assert len(kept) == 1 + 2 + 1
+    _same(reused, alone)
+
+
+def test_rate_maturity_in_many_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sorted snapshots cut into many small chunks (two at a time) give the same curve."""
+    import kmsg_analytics._analytics_history as history
+
+    an, model = memory_analytics(_seeded_messages(40, seed=9))
+    now = T0 + timedelta(days=2)
+    cases = [((), "delivered_of_total"), (("provider_id",), "reached"), ((), "failure_share")]
+    expected = [model.maturity(START, END, AGES, name, now, by) for by, name in cases]
+    monkeypatch.setattr(history, "_CHUNK_ROWS", 3)
+    for (by, name), want in zip(cases, expected, strict=True):
+        got = an.rate_maturity(START, END, ages=AGES, definition=name, now=now, by=list(by) or None)
+        assert_rows(got, want)
+
+
+def test_failover_fields_read_only_the_texts_that_can_hold_them() -> None:
+    """The skipped texts are exactly those where reading the JSON path gives nothing."""
+    from kmsg_analytics._analytics_failures import _failover_fields
+
+    texts = pl.DataFrame(
+        {
+            "metadata": [
+                None,
+                "{}",
+                "not json",
+                '{"failover":{"request":{"enabled":true}}}',
+                '{"failover":{"request":{"enabled":"true"},"api_attempt":{"attempted":true,'
+                '"status":"skipped","fallback_message_id":"x:api-fallback"}}}',
+                '{"failover":{"apiAttempt":{"attempted":true,"status":"sent",'
+                '"outcome":"failed","fallbackMessageId":"y"}}}',
+                '{"failover":{"api_attempt":{"status":"failed"},"apiAttempt":{"outcome":"sent"}}}',
+                '{"failover":{"api\\u005fattempt":{"attempted":true,"status":"sent"},'
+                '"request":{"en\\u0061bled":true}}}',
+                '{"failover":{"api_attempt":{"attempted":1,"outcome":{"x":1}}}}',
+            ]
+        },
+        schema={"metadata": pl.String},
+    )
+    meta = pl.col("metadata")
+
+    def attempt(snake: str, camel: str) -> pl.Expr:
+        return pl.coalesce(
+            meta.str.json_path_match(f"$.failover.api_attempt.{snake}"),
+            meta.str.json_path_match(f"$.failover.apiAttempt.{camel}"),
+        )
+
+    status = attempt("status", "status")
+    every_text = texts.select(
+        "metadata",
+        attempt("fallback_message_id", "fallbackMessageId").alias("__fb_id"),
+        (meta.str.json_path_match("$.failover.request.enabled") == "true")
+        .fill_null(False)
+        .alias("__req"),
+        (attempt("attempted", "attempted") == "true").fill_null(False).alias("__att"),
+        pl.coalesce(
+            attempt("outcome", "outcome"),
+            pl.when(status.is_in(("sent", "failed", "skipped"))).then(status),
+        ).alias("__out"),
+    )
+    got = _failover_fields(texts)
+    assert got.equals(every_text)
+    assert got.get_column("__att").to_list()[-2] is True  # the escaped key was read

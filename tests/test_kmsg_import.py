@@ -755,6 +755,75 @@ def test_values_json_cannot_carry_fall_back_to_rows(tmp_path: Path) -> None:
     assert a.equals(b)
 
 
+#: Rows whose values stray from their columns' declared types, as SQLite allows.
+ODD_ROWS = [
+    *[kmsg_row(f"ok-{i}", metadata='{"customFields":{"a":1}}') for i in range(4)],
+    kmsg_row("blob-raw", raw=b"\x00\xffbinary"),
+    kmsg_row("blob-meta", metadata=b"{}"),
+    kmsg_row("inf", sent_at=float("inf")),
+    kmsg_row("half", attempt_count=1.5),
+    kmsg_row("two", attempt_count=2.0),  # stored as the integer 2
+    kmsg_row("text-count", attempt_count="three"),
+    kmsg_row("text-time", delivered_at="2026-11-01T00:00:05Z", status="DELIVERED"),
+    kmsg_row("number-text", provider_status_code=4000, provider_status_message=1.5),
+    kmsg_row("spaces", provider_status_code="  ", to=" ", from_=None),
+    kmsg_row("big", scheduled_at=2**62),
+    kmsg_row("unicode", metadata='{"customFields":{"이름":"홍길동"}}', to="+82 10-1234-5678"),
+    kmsg_row("error", last_error='{"code":"3018","message":"전원 꺼짐"}', status="FAILED"),
+]
+
+
+@pytest.mark.parametrize("chunk_rows", [2, 5, 1000])
+def test_the_arrow_and_json_readers_agree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_rows: int
+) -> None:
+    """SQLite through the ADBC driver, or as JSON arrays (without it): the same lake."""
+    pytest.importorskip("adbc_driver_sqlite")
+    from kmsg_analytics import _kmsg_source
+
+    columns = {**DEFAULT_COLUMNS, "raw": "TEXT"}
+    url = write_table(tmp_path / "k.sqlite", ODD_ROWS, columns=columns)
+    arrow = run(url, tmp_path / "arrow", chunk_rows=chunk_rows)
+    monkeypatch.setattr(_kmsg_source, "_ARROW_READER", False)
+    json_ = run(url, tmp_path / "json", chunk_rows=chunk_rows)
+    assert (arrow.new, arrow.skipped) == (json_.new, json_.skipped) == (10, 6)
+    assert sorted(map(str, arrow.errors)) == sorted(map(str, json_.errors))
+    assert {e.message_id: e.column for e in arrow.errors} == {
+        "big": "scheduled_at",
+        "blob-meta": "metadata",
+        "inf": "sent_at",
+        "half": "attempt_count",  # a real in an INTEGER column is not cut to 1
+        "text-count": "attempt_count",
+        "spaces": "to",
+    }
+    a = history(tmp_path / "arrow").drop("seq", "recorded_at", "ingest_date").sort("message_id")
+    b = history(tmp_path / "json").drop("seq", "recorded_at", "ingest_date").sort("message_id")
+    assert a.equals(b)
+    recs = current(tmp_path / "arrow")
+    assert (recs["two"].attempt_count, recs["number-text"].provider_status_code) == (2, "4000")
+    assert recs["number-text"].provider_status_message == "1.5"
+    assert recs["text-time"].delivered_at == T0_DT + timedelta(seconds=5)
+    assert recs["error"].last_error is not None
+    assert recs["blob-raw"].raw is not None
+
+
+def test_a_first_import_folds_the_lake_once_at_the_end(tmp_path: Path, lake_path: Path) -> None:
+    """Bulk mode: no fold after each chunk; one at the end, so the lake is folded."""
+    db = tmp_path / "k.sqlite"
+    url = write_table(db, [kmsg_row(f"m{i:02d}") for i in range(30)])
+    with open_lake(lake_path, compact_rows=10) as store:  # would fold at 14 and 28 rows
+        assert run(url, store, chunk_rows=7).new == 30
+        stats = store.stats()
+        assert (stats["seq"], stats["watermark"], stats["history_files"]) == (30, 30, 5)
+        assert store.count_records(RecordFilter(status="SENT")) == 30
+    # a few changed rows are appended as they are, and folded when the lake decides
+    update_rows(db, "UPDATE kmsg_delivery_tracking SET status='DELIVERED' WHERE rowid <= 3")
+    with open_lake(lake_path, compact_rows=10) as store:
+        assert run(url, store).changed == 3
+        assert (store.stats()["seq"], store.stats()["watermark"]) == (33, 30)
+        assert store.count_records(RecordFilter(status="DELIVERED")) == 3
+
+
 @pytest.mark.parametrize("kind", ["without rowid", "view"])
 def test_tables_without_a_rowid_are_read_by_message_id(
     tmp_path: Path, lake_path: Path, kind: str
@@ -810,6 +879,36 @@ def test_the_reader_thread_hands_on_errors_and_stops_early() -> None:
     with Prefetch(endless(), depth=2) as items:
         assert next(iter(items)) == 0
     assert len(produced) <= 5  # stopped, not run on
+
+
+def test_values_met_again_are_looked_up_not_worked_out_again() -> None:
+    from kmsg_analytics._kmsg_convert import Memo
+
+    seen: list[list[str]] = []
+
+    def lengths(values: pl.Series) -> pl.DataFrame:
+        seen.append(sorted(values.to_list()))
+        return values.str.len_chars().alias("n").to_frame()
+
+    memo = Memo(lengths, {"n": pl.UInt32}, limit=3)
+    assert memo.lookup(pl.Series(["ab", None, "abc", "ab"])).get_column("n").to_list() == [
+        2,
+        None,
+        3,
+        2,
+    ]
+    assert memo.lookup(pl.Series(["abc", "x", "ab"])).get_column("n").to_list() == [3, 1, 2]
+    assert seen == [["ab", "abc"], ["x"]]
+    # past the limit only the newest values are kept: the others are worked out again
+    assert memo.lookup(pl.Series(["wxyz", "ab"])).get_column("n").to_list() == [4, 2]
+    assert seen[2:] == [["wxyz"]]
+    assert memo.lookup(pl.Series(["ab", "abc"])).get_column("n").to_list() == [2, 3]
+    assert seen[3:] == [["ab", "abc"]]
+    # two texts sharing a 64-bit hash are told apart by their text (made here by hand)
+    known = memo._known
+    memo._known = known.with_columns(pl.col("__value").replace("abc", "zzz"))
+    assert memo.lookup(pl.Series(["abc", "ab"])).get_column("n").to_list() == [3, 2]
+    assert seen[4:] == [["abc"]]
 
 
 def test_number_hashes_match_the_lake_key_also_for_long_keys() -> None:
