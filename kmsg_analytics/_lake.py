@@ -1,12 +1,16 @@
 """ParquetTrackingStore: the append-only snapshot lake, its compaction and merge-on-read.
 
 Writes: rows go to a write-ahead log (acknowledged), then are published in batches
-as one Parquet file per batch into ``history/ingest_date=.../`` through the Ibis
-backend (staged outside the dataset, renamed in). ``compact()`` folds the history
-past the watermark into ``current/requested_date=.../part-0.parquet`` (one file per
-requested day, replaced by rename) and merges small history files. Reads: the
-compacted current state, anti-joined with the few snapshots newer than the
-watermark, which are kept decoded in memory between queries.
+as one Parquet file per batch into ``history/ingest_date=.../`` (staged outside the
+dataset, renamed in), its rows in requested order with a row group per requested day.
+``compact()`` folds the history past the watermark into
+``current/requested_date=.../part-0.parquet`` (one file per requested day, replaced by
+rename), window by window of days, each window's rows read once, and merges small
+history files. On DuckDB (the default backend) pyarrow writes the batches and folded
+files and DuckDB the merges; another Ibis backend writes every file. ``bulk()`` holds
+the automatic folds back until a bulk load ends. Reads: the compacted current state,
+anti-joined with the few snapshots newer than the watermark, which are kept decoded in
+memory between queries.
 """
 
 from __future__ import annotations
@@ -104,8 +108,8 @@ _STATISTICS_COLUMNS = (
     "type", "requested_at", "status", "status_updated_at", "next_check_at", "retention_class",
 )  # fmt: skip
 _DAY_MICROS = 86_400_000_000
-#: statistics of a batch (a fold prunes by requested_at; seq, recorded_at and message_id
-#: order the history); the other columns' cost a quarter of the write
+#: statistics a batch keeps: requested_at (a fold's windows prune by it), seq, recorded_at
+#: and message_id (history queries); the other columns' would cost a sixth of the write
 _BATCH_STATISTICS = ("seq", "recorded_at", "message_id", "requested_at")
 #: random text (hashes, sealed numbers): lz4, having no entropy coder, cannot shrink it
 _RANDOM_COLUMNS = frozenset({"to_hash", "from_hash", "to_enc", "from_enc"})
@@ -141,7 +145,9 @@ class ParquetTrackingStore(RetriedReads):
         :class:`~kmsg_analytics._objectlake.ObjectLakeStore`, which takes
         ``storage_options=``; see ``docs/object-storage.md``).
     backend
-        An Ibis backend that writes the Parquet files; a DuckDB connection by default.
+        An Ibis backend that writes the Parquet files; a DuckDB connection by default. On
+        DuckDB, pyarrow writes the published batches and folded days in process (no copy
+        into the engine) and DuckDB merges history files.
     hash_key
         Key of the number hashes; see :func:`kmsg_analytics.resolve_hash_key`. A lake
         remembers the key's id and refuses another key.
@@ -158,7 +164,8 @@ class ParquetTrackingStore(RetriedReads):
         Single sends are acknowledged through the write-ahead log and published in
         batches of up to ``flush_rows`` rows or after ``flush_seconds``.
     compact_rows
-        Fold automatically when this many snapshots wait past the watermark.
+        Fold automatically when this many snapshots wait past the watermark (not inside
+        :meth:`bulk`, which folds once at its end).
     fsync
         Also ``fsync`` the log on each acknowledgement (survives power loss; slower).
 
@@ -480,9 +487,15 @@ class ParquetTrackingStore(RetriedReads):
 
         ``expr`` is an Ibis expression (the backend writes it), an Arrow table (a batch
         being published: lz4, one row group per requested day; with ``folded``, a folded
-        day: zstd level 1) or a Polars frame (written as folded: the open set). pyarrow
-        writes tables and frames, or the backend when it is not DuckDB.
+        day: zstd level 1), a Polars frame (folded: the open set) or an Arrow batch reader
+        (folded: merged history files). pyarrow writes all but Ibis expressions, or the
+        backend when it is not DuckDB.
         """
+        if isinstance(expr, pa.RecordBatchReader):
+            if partition_by is None and self._local_writes:
+                _write_stream(expr, path)
+                return
+            expr, folded = expr.read_all(), True
         if isinstance(expr, pl.DataFrame):
             expr, folded = expr.to_arrow(), True
         if isinstance(expr, pa.Table):
@@ -617,12 +630,14 @@ class ParquetTrackingStore(RetriedReads):
             self._cache_rows = pl.DataFrame(schema=POLARS_SCHEMA)
             self._winners = None
         new = [f for f in files if f.path not in self._cache_files]
+        rows = self._cache_rows
         if new:
             fresh = _read_files([f.path for f in new]).filter(pl.col("seq") > w)
-            self._cache_rows = pl.concat([self._cache_rows, fresh], how="vertical")
-            self._cache_files.update(f.path for f in new)
+            rows = pl.concat([self._cache_rows, fresh], how="vertical")
             self._winners = None
-        rows = self._cache_rows
+            if not self._bulk_depth:  # a bulk load's batches are read per query, not kept
+                self._cache_rows = rows
+                self._cache_files.update(f.path for f in new)
         if self._pending:
             pending = _frame(rows_to_table(self._pending)).with_columns(
                 seq=pl.int_range(_PENDING_BASE, _PENDING_BASE + len(self._pending), dtype=pl.Int64)
@@ -645,6 +660,8 @@ class ParquetTrackingStore(RetriedReads):
             _w, rows = self._refresh()
             if rows.is_empty():
                 return None
+            if self._bulk_depth:
+                return self._resolve(rows, scope, beyond=beyond)
             if self._winners is None or self._winners[0] != (scope, beyond):
                 self._winners = ((scope, beyond), self._resolve(rows, scope, beyond=beyond))
             return self._winners[1]
@@ -774,8 +791,9 @@ class ParquetTrackingStore(RetriedReads):
         the next compaction folds them; the exception propagates.
 
         Blocks nest (only the outermost folds) and apply to every thread using this store.
-        Queries inside the block are answered (merge-on-read) but do not keep the growing
-        delta in memory between calls; they are slower than after the fold.
+        Queries inside the block are answered (merge-on-read) but read the block's batches
+        afresh each time instead of keeping them decoded: memory stays bounded, and such
+        queries are slower than after the fold.
 
         Parameters
         ----------
@@ -1095,13 +1113,16 @@ class ParquetTrackingStore(RetriedReads):
             for f in files:
                 if f not in small:  # large files stay as they are (a hard link, no copy)
                     os.link(f.path, newdir / f.path.name)
-            # the backend streams the files into one, in bounded memory (row order within
-            # a history file means nothing, so DuckDB need not buffer to keep it)
-            with _quiet(), self._unordered():
-                merged = self.backend.read_parquet(
-                    [str(f.path) for f in small], hive_partitioning=False
-                ).select(*SNAPSHOT_SCHEMA.names)
-                self._to_parquet(merged, newdir / history_name(lo, hi, None))
+            merged = newdir / history_name(lo, hi, None)
+            if self._local_writes:  # file by file: Polars reads, pyarrow writes
+                self._to_parquet(_file_batches([f.path for f in small]), merged)
+            else:  # the backend streams the files into one, in bounded memory (row order
+                # within a history file means nothing, so DuckDB need not buffer to keep it)
+                with _quiet(), self._unordered():
+                    rows = self.backend.read_parquet(
+                        [str(f.path) for f in small], hive_partitioning=False
+                    ).select(*SNAPSHOT_SCHEMA.names)
+                    self._to_parquet(rows, merged)
             target = self.paths.history / f"ingest_date={day.isoformat()}"
             replace_dir(newdir, target, self.paths.staging / f"trash-{day.isoformat()}")
 
@@ -1219,17 +1240,18 @@ def _requested_span(path: Path) -> tuple[datetime, datetime] | None:
     meta = pq.read_metadata(path)
     try:
         at = meta.schema.to_arrow_schema().get_field_index("requested_at")
+        if at < 0:
+            return None
         stats = [meta.row_group(i).column(at).statistics for i in range(meta.num_row_groups)]
         lows = [s.min for s in stats if s is not None and s.has_min_max]
         highs = [s.max for s in stats if s is not None and s.has_min_max]
-    except (ValueError, TypeError, KeyError):  # a column or statistics it cannot give
+    except (ValueError, TypeError, KeyError, IndexError):  # statistics it cannot give
         return None
     if len(lows) != meta.num_row_groups or not lows:
         return None
-    low, high = min(lows), max(highs)
-    if not (isinstance(low, datetime) and isinstance(high, datetime)):
+    if not all(isinstance(t, datetime) and t.tzinfo is not None for t in (*lows, *highs)):
         return None
-    return low, high
+    return min(lows), max(highs)
 
 
 def _fold_windows(
@@ -1391,6 +1413,38 @@ def _folded_options(table: pa.Table) -> dict[str, Any]:
         "write_statistics": [c for c in (*_STATISTICS_COLUMNS, CURRENT_PARTITION) if c in present],
         "write_batch_size": _WRITE_BATCH_ROWS,
     }
+
+
+#: the lake's columns, every one nullable (as files written by an Ibis backend declare them)
+_ANY_NULLS = pa.schema([f.with_nullable(True) for f in SNAPSHOT_SCHEMA])
+
+
+def _file_batches(paths: Sequence[Path]) -> pa.RecordBatchReader:
+    """The rows of history files as a stream, one file read at a time (by Polars: fast)."""
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for path in paths:
+            table = _read_files([path]).to_arrow().cast(_ANY_NULLS)
+            yield from table.to_batches()
+
+    return pa.RecordBatchReader.from_batches(_ANY_NULLS, batches())
+
+
+def _write_stream(batches: pa.RecordBatchReader, path: Path) -> None:
+    """Write a stream of batches as one file (folded options), in groups of whole batches."""
+    schema = batches.schema
+    options = _folded_options(schema.empty_table())
+    with pq.ParquetWriter(path, schema, **options) as writer:
+        pending: list[pa.RecordBatch] = []
+        rows = 0
+        for batch in batches:
+            pending.append(batch)
+            rows += batch.num_rows
+            if rows >= _GROUP_MAX_ROWS:
+                writer.write_table(pa.Table.from_batches(pending, schema))
+                pending, rows = [], 0
+        if pending:
+            writer.write_table(pa.Table.from_batches(pending, schema))
 
 
 def _leaf_columns(schema: pa.Schema) -> list[str]:

@@ -84,6 +84,7 @@ def test_bulk_folds_once_when_the_block_ends(lake: ParquetTrackingStore) -> None
             load(lake, records(ids, [i % 3 for i in range(6)]))
             assert lake.stats()["watermark"] == 0  # published, not folded
             assert lake.count_records(RecordFilter()) == 6 * (batch + 1)  # yet answered
+            assert lake._cache_rows.is_empty()  # read for the query, not kept
     stats = lake.stats()
     assert stats["watermark"] == stats["seq"] == 24
     assert stats["current_files"] == 3
@@ -208,13 +209,15 @@ def _history(svc: DeliveryTrackingService, store: ParquetTrackingStore) -> None:
     store.flush()
 
 
-@pytest.mark.parametrize("window", [1, 7, 10_000])
+@pytest.mark.parametrize(("window", "runs"), [(1, 256), (7, 256), (10_000, 256), (7, 0)])
 def test_a_fold_in_windows_equals_the_fold_in_one_piece(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: int, runs: int
 ) -> None:
+    """Any window size gives the same files; ``runs=0`` sorts each window by day first."""
     answers = []
     for name, rows in (("whole", 10**9), ("windows", window)):
         monkeypatch.setattr(lake_module, "_FOLD_WINDOW_ROWS", rows)
+        monkeypatch.setattr(lake_module, "_MAX_RUNS_PER_DAY", runs if name == "windows" else 256)
         store = ParquetTrackingStore(tmp_path / name, hash_key=KEY, compact_rows=10**9)
         _history(DeliveryTrackingService([Gateway()], store=store), store)
         before = current_rows(store)
