@@ -81,7 +81,7 @@ SNAPSHOT_SCHEMA: Final = pa.schema(
 )
 
 #: The same columns as Polars dtypes (what scans are cast to).
-POLARS_SCHEMA: Final = pl.DataFrame(SNAPSHOT_SCHEMA.empty_table()).schema
+POLARS_SCHEMA: Final = pl.Schema(SNAPSHOT_SCHEMA)  # (an empty table would import pandas)
 
 #: The columns of a record, in the order of the frames ``list_records`` returns.
 #: Every field of a record (what ``get_record`` reads), envelopes of sealed numbers included.
