@@ -32,7 +32,7 @@ own ``VmHWM``, interpreter and imports included):
 
 Figures are seconds and rates with ratios to the baseline measured in the same run, and
 the load average: the machine is shared, so absolute times move with others' work while
-the ratios (CPU ones most) move less. Run it through ``/work/notes/bin/quiet`` there.
+the ratios (CPU ones most) move less. Run it when the machine is otherwise idle.
 """
 
 from __future__ import annotations
