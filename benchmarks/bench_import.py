@@ -72,8 +72,8 @@ def log(message: str) -> None:
 
 
 def ddl_path() -> Path:
-    here = Path(__file__).resolve().parents[2] / "shared" / "kmsg-fixtures" / "ddl-sqlite.sql"
-    return here if here.is_file() else Path("/work/shared/kmsg-fixtures/ddl-sqlite.sql")
+    """k-msg's own SQLite table definition (kept with the test fixtures)."""
+    return Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "kmsg" / "ddl-sqlite.sql"
 
 
 # =========================================================================== the table

@@ -15,6 +15,9 @@ from tests._model import TEST_KEY
 
 #: The script the crash tests run and kill (see its docstring for its output).
 CRASH_WRITER = Path(__file__).with_name("_crash_writer.py")
+#: k-msg's own table definitions, a database its service wrote and its answers over it
+#: (see the README there).
+KMSG_FIXTURES = Path(__file__).with_name("fixtures") / "kmsg"
 #: The recipient of :func:`send_pair` unless another is given.
 NUMBER = "010-1234-5678"
 

@@ -21,11 +21,10 @@ from kmsg_analytics import InvalidRecordError, ParquetTrackingStore, TrackingRec
 from kmsg_analytics._export import ExportError, export_kmsg_table, export_records
 from kmsg_analytics._kmsg_import import import_kmsg_table
 from kmsg_analytics._schema import RECORD_COLUMNS
+from tests._helpers import KMSG_FIXTURES
 from tests._model import TEST_KEY
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "kmsg-fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/kmsg-fixtures")
+FIXTURES = KMSG_FIXTURES
 FIXTURE_DB = FIXTURES / "kmsg-small.sqlite"
 needs_fixture = pytest.mark.skipif(
     not FIXTURE_DB.is_file(), reason=f"k-msg fixtures not found at {FIXTURES}"

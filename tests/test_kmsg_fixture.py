@@ -23,11 +23,10 @@ import pytest
 from kmsg_analytics import ParquetTrackingStore
 from kmsg_analytics._kmsg_import import import_kmsg_table
 from kmsg_analytics._records import coerce_filter, coerce_time
+from tests._helpers import KMSG_FIXTURES
 from tests._model import TEST_KEY
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "kmsg-fixtures"
-if not FIXTURES.is_dir():  # the repository checked out elsewhere: look beside it
-    FIXTURES = Path("/work/shared/kmsg-fixtures")
+FIXTURES = KMSG_FIXTURES
 DB = FIXTURES / "kmsg-small.sqlite"
 ANSWERS_FILE = FIXTURES / "kmsg-small.answers.json"
 

@@ -36,11 +36,10 @@ from kmsg_analytics._kmsg_import import (
     read_source_state,
 )
 from kmsg_analytics._records import TrackingRecord
+from tests._helpers import KMSG_FIXTURES
 from tests._model import TEST_KEY, hash_number
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "kmsg-fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/kmsg-fixtures")
+FIXTURES = KMSG_FIXTURES
 FIXTURE_DB = FIXTURES / "kmsg-small.sqlite"
 
 T0 = 1_793_491_200_000  # 2026-11-01T00:00:00Z in ms
