@@ -17,7 +17,7 @@ import secrets
 import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ._errors import KmsgAnalyticsError
 
@@ -231,6 +231,7 @@ class NumberCipher:
         self.provider = provider
         self._aead = AESGCM
         self._cache: dict[tuple[str, str], str] = {}
+        self._ciphers: dict[bytes, Any] = {}  # one AESGCM per key (its key schedule, once)
 
     def __repr__(self) -> str:
         return f"NumberCipher(active_kid={self.provider.active_kid!r})"
@@ -243,8 +244,8 @@ class NumberCipher:
         kid = self.provider.active_kid
         key = self.provider.key(kid)
         aad = f"kmsg-analytics/{field}".encode()
-        nonce = hmac.new(key, aad + b"\0" + number.encode(), hashlib.sha256).digest()[:12]
-        sealed = self._aead(key).encrypt(nonce, number.encode(), aad)
+        nonce = hmac.digest(key, aad + b"\0" + number.encode(), "sha256")[:12]
+        sealed = self._cipher(key).encrypt(nonce, number.encode(), aad)
         envelope = f"v1.{kid}.{base64.urlsafe_b64encode(nonce + sealed).decode().rstrip('=')}"
         if len(self._cache) > 100_000:
             self._cache.clear()
@@ -265,11 +266,17 @@ class NumberCipher:
         key = self.provider.key(kid)
         aad = f"kmsg-analytics/{field}".encode()
         try:
-            plain: bytes = self._aead(key).decrypt(raw[:12], raw[12:], aad)
+            plain: bytes = self._cipher(key).decrypt(raw[:12], raw[12:], aad)
             return plain.decode()
         except Exception:
             msg = f"the {field} envelope does not open with key {kid!r} (tampered or wrong key)"
             raise KmsgAnalyticsError(msg) from None
+
+    def _cipher(self, key: bytes) -> Any:
+        found = self._ciphers.get(key)
+        if found is None:
+            found = self._ciphers[key] = self._aead(key)
+        return found
 
     @staticmethod
     def kid_of(envelope: str) -> str | None:
