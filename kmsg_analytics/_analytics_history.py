@@ -21,7 +21,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -211,22 +211,34 @@ def _message_chunks(
         yield keys[lo:hi], packed[lo:hi], groups.slice(lo, hi - lo)
 
 
-def _chunk_events(
-    keys: _Keys, p: np.ndarray[Any, Any], rows: pl.DataFrame, by: Sequence[str], k: int
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """The states, message heads and groups of whole messages sorted by (message, seq).
+class MessageStates(NamedTuple):
+    """The per-row and per-message arrays of a run of whole messages sorted by (message, seq).
 
-    ``keys`` are the message keys, ``p`` the packed integers (see :func:`_snapshot_rows`)
-    and ``rows`` the ``by`` columns of the same rows. ``states``: per group and (start,
-    stop) ages, the flags of the snapshots that are their message's state on those ages;
-    ``heads``: per group, last observable age and first age with a state, how many
-    messages; ``groups``: the groups seen.
+    ``start``: the row starts a message; ``seg``: the message number of each row;
+    ``state``: the row is its message's state on the ages ``[idx, stop)`` (``idx`` its
+    first visible age, ``stop`` where it is replaced or the message stops being
+    observable); per message: ``mo1`` (last observable age + 1), ``seen`` (``mo1 > 0``)
+    and ``first_visible`` (the first age with a state).
+    """
 
-    The passes over the sorted rows are array operations (a message is a run of equal
-    keys): a cumulative minimum from the end finds, for every snapshot, the first age at
-    which a snapshot of higher key is visible. Each state then becomes one integer
-    (group, start, stop, flags) and each message one (group, mo, first visible age), and
-    those few distinct integers are counted.
+    start: np.ndarray[Any, Any]
+    seg: np.ndarray[Any, Any]
+    heads_at: np.ndarray[Any, Any]
+    state: np.ndarray[Any, Any]
+    idx: np.ndarray[Any, Any]
+    stop: np.ndarray[Any, Any]
+    mo1: np.ndarray[Any, Any]
+    seen: np.ndarray[Any, Any]
+    first_visible: np.ndarray[Any, Any]
+
+
+def message_states(
+    keys: _Keys, p: np.ndarray[Any, Any], k: int, ns_bit: int, mo_bit: int = _MO_BIT
+) -> MessageStates:
+    """The states of whole messages: see :class:`MessageStates` and :func:`_chunk_events`.
+
+    ``p`` holds, from the low bits up, ``idx`` (``mo_bit`` bits), ``mo + 1`` (as many)
+    and, at ``ns_bit``, whether the snapshot is of a kind other than send.
     """
     n = p.size
     start = np.empty(n, dtype=np.bool_)
@@ -238,10 +250,10 @@ def _chunk_events(
     heads_at = np.flatnonzero(start)
     seg = np.cumsum(start, dtype=np.int64) - 1  # message number of each row
     big = k + 1
-    idx = (p & (_MO - 1)).astype(np.int16)
-    ns = ((p >> _NS_BIT) & 1).astype(np.bool_)
+    idx = (p & ((1 << mo_bit) - 1)).astype(np.int16)
+    ns = ((p >> ns_bit) & 1).astype(np.bool_)
     # mo + 1 of each message, from its first snapshot by seq (0: not observable at all)
-    mo1 = ((p[heads_at] >> _MO_BIT) & 0xFF).astype(np.int16)
+    mo1 = ((p[heads_at] >> mo_bit) & ((1 << mo_bit) - 1)).astype(np.int16)
     # suffix minimums within a message: messages are kept apart by a multiple of ``shift``
     shift = 1 << max(8, (k + 2).bit_length())
     offset = seg * shift
@@ -267,6 +279,29 @@ def _chunk_events(
     state = (idx < stop) & (idx < k)  # stop <= mo + 1 <= 0 for unobservable messages
     first_visible = np.minimum(sa[heads_at], sb[heads_at])
     seen = mo1 > 0
+    return MessageStates(start, seg, heads_at, state, idx, stop, mo1, seen, first_visible)
+
+
+def _chunk_events(
+    keys: _Keys, p: np.ndarray[Any, Any], rows: pl.DataFrame, by: Sequence[str], k: int
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """The states, message heads and groups of whole messages sorted by (message, seq).
+
+    ``keys`` are the message keys, ``p`` the packed integers (see :func:`_snapshot_rows`)
+    and ``rows`` the ``by`` columns of the same rows. ``states``: per group and (start,
+    stop) ages, the flags of the snapshots that are their message's state on those ages;
+    ``heads``: per group, last observable age and first age with a state, how many
+    messages; ``groups``: the groups seen.
+
+    The passes over the sorted rows are array operations (a message is a run of equal
+    keys): a cumulative minimum from the end finds, for every snapshot, the first age at
+    which a snapshot of higher key is visible. Each state then becomes one integer
+    (group, start, stop, flags) and each message one (group, mo, first visible age), and
+    those few distinct integers are counted.
+    """
+    ms = message_states(keys, p, k, _NS_BIT)
+    start, seg, state, idx, stop = ms.start, ms.seg, ms.state, ms.idx, ms.stop
+    mo1, seen, first_visible = ms.mo1, ms.seen, ms.first_visible
     flags = (p[state] >> _DEN_BIT) & 3  # numerator * 2 + denominator
     # each message's group as a number (none without groups), then one integer per state
     # and per message head, counted
@@ -359,14 +394,55 @@ def maturity_counts(
     if k > MAX_AGES:  # rate_maturity refuses these with a readable message first
         msg = f"at most {MAX_AGES} ages, not {k}"
         raise ValueError(msg)
-    none_num, none_den = _none_flags(rate)
+    return maturity_curve(maturity_parts(snaps, ids, by, ages_us, now, rate), by, k, rate)
+
+
+#: What :func:`maturity_curve` adds up: the ``states``, ``heads`` and ``groups`` frames
+#: of :func:`_chunk_events` (of any number of disjoint sets of messages).
+Parts = list[tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]]
+
+
+def maturity_parts(
+    snaps: pl.LazyFrame,
+    ids: pl.LazyFrame,
+    by: Sequence[str],
+    ages_us: Sequence[int],
+    now: datetime,
+    rate: m.RateMetric,
+) -> Parts:
+    """The events of :func:`maturity_counts` per chunk of messages (see :func:`_chunk_events`)."""
+    k = len(ages_us)
     chunks = _message_chunks(_sorted_snapshots(snaps, ids, by, ages_us, now, rate), by)
     # chunks are independent and their array passes release the interpreter lock: two at
     # a time (the chunks are views of the sorted arrays; only their passes take memory)
     with ThreadPoolExecutor(max_workers=max(1, min(2, pl.thread_pool_size()))) as pool:
-        found = list(pool.map(lambda part: _chunk_events(part[0], part[1], part[2], by, k), chunks))
-    states = pl.concat([f[0] for f in found]).group_by([*by, "a", "b"]).agg(pl.all().sum())
-    heads = pl.concat([f[1] for f in found]).group_by([*by, "mf", "fv"]).agg(pl.all().sum())
+        return list(pool.map(lambda part: _chunk_events(part[0], part[1], part[2], by, k), chunks))
+
+
+def maturity_curve(found: Parts, by: Sequence[str], k: int, rate: m.RateMetric) -> pl.DataFrame:
+    """The counts of :func:`maturity_counts` from the events of disjoint sets of messages.
+
+    ``found`` holds, per set, the ``states`` (``by``, ``a``, ``b``, ``n``, ``d``), the
+    ``heads`` (``by``, ``mf``, ``fv``, ``c``) and the ``groups`` seen (``by``); the
+    counts are sums over messages, so any split of the messages gives the same curve.
+    """
+    none_num, none_den = _none_flags(rate)
+    state_schema = {"a": pl.Int32, "b": pl.Int32, "n": pl.Int64, "d": pl.Int64}
+    head_schema = {"mf": pl.Int32, "fv": pl.Int32, "c": pl.Int64}
+    states = (
+        pl.concat(
+            [f[0].with_columns(pl.col(c).cast(t) for c, t in state_schema.items()) for f in found]
+        )
+        .group_by([*by, "a", "b"])
+        .agg(pl.all().sum())
+    )
+    heads = (
+        pl.concat(
+            [f[1].with_columns(pl.col(c).cast(t) for c, t in head_schema.items()) for f in found]
+        )
+        .group_by([*by, "mf", "fv"])
+        .agg(pl.all().sum())
+    )
     groups = pl.concat([f[2] for f in found]).unique() if by else None
     n, d, c = pl.col("n"), pl.col("d"), pl.col("c")
     none_stop = pl.min_horizontal(pl.col("fv"), pl.col("mf") + 1)

@@ -16,6 +16,11 @@ their tab is opened), each answer cached per filter; a chart whose inputs did no
 change is not sent again. The "matching records" count comes from the summary (no
 extra scan) and a table page reads only the days it shows.
 
+Right after opening, a background thread computes the hidden tabs' answers for the
+opening filters and then the lake's rate-maturity rollup (``_rollups``): from then on
+every maturity curve is a small aggregation, whatever the filters (a banner shows
+while it runs; :meth:`Explorer.wait_prepared` waits for it).
+
 Rates are never filtered by status (a delivery rate among only delivered messages
 would mean nothing): the status picker narrows the record table, the "matching
 records" tile and the status-mix chart.
@@ -28,6 +33,7 @@ Needs the notebook extra: ``pip install "kmsg-analytics[notebook]"``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import html
 import os
@@ -45,6 +51,8 @@ from zoneinfo import ZoneInfo
 import polars as pl
 
 from . import _metrics as m
+from . import _rollups
+from ._analytics_common import DEFAULT_AGES, _ages
 from ._errors import InvalidRecordError
 from ._records import DELIVERY_STATUSES, RecordFilter
 from ._schema import CURRENT_PARTITION
@@ -288,6 +296,11 @@ class Explorer:
         possible.
     lazy
         Compute the charts of the visible tab only (default); ``False`` computes all.
+    prepare
+        Right after opening, compute the hidden tabs' answers for the opening filters
+        and the rate-maturity rollup of the lake in a background thread (default; the
+        dashboard shows that it runs): the maturity curves of any later filter are then
+        small aggregations of it.
     """
 
     def __init__(
@@ -300,6 +313,7 @@ class Explorer:
         chart_view: ChartView | None = None,
         lazy: bool = True,
         owned: bool = False,
+        prepare: bool = True,
     ) -> None:
         if not isinstance(page_size, int) or isinstance(page_size, bool) or page_size < 1:
             _invalid("page_size", page_size, "a whole number >= 1")
@@ -318,10 +332,13 @@ class Explorer:
         self.refreshes = 0
         self.timings: dict[str, float] = {}
         self._cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self._running: dict[tuple[Any, ...], threading.Event] = {}
         self._holding = 0
         self._pending = False
         self._page = 0
         self._matching = 0
+        self._preparing: threading.Thread | None = None
 
         _warm_up(view)
         providers, types, first, last = self._choices()
@@ -359,6 +376,11 @@ class Explorer:
             layout=w.Layout(visibility="hidden"),
         )
         self.message: Any = w.HTML("", layout=w.Layout(display="none"))
+        self.background: Any = w.HTML(
+            '<span class="kmsg-background">⏳ 다른 탭과 성숙 곡선을 미리 계산하는 중'
+            " (백그라운드)</span>",
+            layout=w.Layout(visibility="hidden"),
+        )
         self.kpis: Any = w.HTML()
         self.slots: dict[str, _ChartSlot] = {}
         pages = []
@@ -392,7 +414,7 @@ class Explorer:
             [
                 w.HTML("<h3 style='margin:4px 0'>전송 분석 탐색기</h3>"),
                 filters,
-                w.HBox([self.working, self.message]),
+                w.HBox([self.working, self.background, self.message]),
                 self.kpis,
                 self.tabs,
                 w.HTML("<h4 style='margin:8px 0 4px'>조건에 맞는 메시지 (번호 마스킹)</h4>"),
@@ -406,6 +428,8 @@ class Explorer:
             trait = "selected_index" if name == "view" else "value"
             control.observe(self._on_change(name), names=trait)
         self.refresh()
+        if prepare:
+            self._prepare()
 
     # ------------------------------------------------------------------ display
 
@@ -420,6 +444,63 @@ class Explorer:
         self.widget.close()
         if self._owned:
             self.analytics.close()
+
+    def _prepare(self) -> None:
+        """Prepare the hidden tabs in a background thread, right after opening.
+
+        First the analytics answers of the latency, failures and failover tabs for the
+        opening filters (skipped once the filters change), then the rate-maturity
+        rollup of the lake (see ``_rollups``): one pass over the whole snapshot history,
+        counted per request hour, provider and type for every rate definition; once it
+        is kept, every maturity curve the controls ask for is a small aggregation of it.
+        A tab opened before its answer is ready waits for it (nothing is computed
+        twice); a failure here only means the tab computes its answer itself (and
+        shows any error then).
+        """
+        an = self.analytics
+        _labels, ages_us = _ages(DEFAULT_AGES)
+        opened = self.state()
+
+        def filters(st: Mapping[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in st.items() if k != "view"}
+
+        def work() -> None:
+            try:
+                # the other tabs' answers for the opening filters, while they still hold
+                for key, (_title, figs) in TABS.items():
+                    for fig in figs:
+                        if key in ("overview", "maturity") or filters(self.state()) != filters(
+                            opened
+                        ):
+                            continue
+                        try:
+                            self._prefetch(fig, opened)
+                        except Exception:  # the tab reports it when it is opened
+                            continue
+                _rollups.build_rollup(an.store, ages_us, an._now(None, None))
+            except Exception:  # the tab computes the curve (and reports errors) itself
+                pass
+            finally:
+                with contextlib.suppress(Exception):  # (the dashboard may be closed by now)
+                    self.background.layout.visibility = "hidden"
+
+        self.background.layout.visibility = "visible"
+        thread = threading.Thread(target=work, name="kmsg-explorer-rollup", daemon=True)
+        self._preparing = thread
+        thread.start()
+
+    def _prefetch(self, fig: str, st: Mapping[str, Any]) -> None:
+        """Compute (and keep) the analytics answers figure ``fig`` needs for ``st``."""
+        s, e = self._window(st)
+        self._figure(fig, st, s, e, {})
+
+    def wait_prepared(self, timeout: float | None = None) -> bool:
+        """Wait for the background rollup (if one was started); ``True`` once it is done."""
+        thread = self._preparing
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
 
     # ------------------------------------------------------------------ driving
 
@@ -517,13 +598,27 @@ class Explorer:
         return s, e
 
     def _cached(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        value = make()
-        self._cache[key] = value
-        while len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
+        """``make()``, kept per ``key``; an answer the background is computing is awaited."""
+        while True:
+            with self._lock:
+                if key in self._cache:
+                    self._cache.move_to_end(key)
+                    return self._cache[key]
+                running = self._running.get(key)
+                if running is None:
+                    running = self._running[key] = threading.Event()
+                    break
+            running.wait()  # then read it (or, if that failed, compute it here)
+        try:
+            value = make()
+            with self._lock:
+                self._cache[key] = value
+                while len(self._cache) > _CACHE_SIZE:
+                    self._cache.popitem(last=False)
+        finally:
+            with self._lock:
+                self._running.pop(key, None)
+            running.set()
         return value
 
     def _compute(self, *, tables: bool) -> None:
@@ -669,8 +764,9 @@ class Explorer:
                 found,
                 "maturity",
                 (*base, definition),
-                lambda: an.rate_maturity(
-                    s, e, definition=definition, provider_id=providers, type=types
+                # from the lake's rollup (built once, in the background after opening)
+                lambda: _rollups.rate_maturity(
+                    an, s, e, definition=definition, provider_id=providers, type=types
                 ),
             )
             return _charts.rate_maturity(curve)
@@ -904,6 +1000,7 @@ def explore(
     chart_view: ChartView | None = None,
     lazy: bool = True,
     hash_key: Any = None,
+    prepare: bool = True,
 ) -> Explorer:
     """Open the explorer dashboard on a lake (or a store, a service, a ``DeliveryAnalytics``).
 
@@ -923,6 +1020,9 @@ def explore(
         ``"interactive"`` or ``"svg"`` (see :class:`Explorer`).
     lazy
         Compute only the visible tab's charts.
+    prepare
+        Start the rate-maturity rollup in the background right after opening, so the
+        maturity tab answers any filter at once (see :meth:`Explorer.wait_prepared`).
 
     Returns
     -------
@@ -933,7 +1033,13 @@ def explore(
 
     if isinstance(lake, DeliveryAnalytics):
         return Explorer(
-            lake, start=start, end=end, page_size=page_size, chart_view=chart_view, lazy=lazy
+            lake,
+            start=start,
+            end=end,
+            page_size=page_size,
+            chart_view=chart_view,
+            lazy=lazy,
+            prepare=prepare,
         )
     analytics = DeliveryAnalytics(lake, hash_key=hash_key, tz=tz, min_n=min_n)
     try:
@@ -945,6 +1051,7 @@ def explore(
             chart_view=chart_view,
             lazy=lazy,
             owned=True,
+            prepare=prepare,
         )
     except BaseException:
         analytics.close()

@@ -171,6 +171,57 @@ def test_tabs_compute_their_charts(dash: Explorer, an: DeliveryAnalytics) -> Non
     assert cells.get_column("denominator").sum() == hourly.get_column("denominator").sum()
 
 
+def test_maturity_comes_from_the_background_rollup(dash: Explorer, an: DeliveryAnalytics) -> None:
+    from kmsg_analytics import _rollups
+    from kmsg_analytics._analytics_common import DEFAULT_AGES, _ages
+
+    assert dash.wait_prepared(300)
+    assert dash.background.layout.visibility == "hidden"
+    # the hidden tabs' answers for the opening filters were computed meanwhile
+    assert {"latency", "failures", "hourly", "failover"} <= {k[0] for k in dash._cache}
+    _labels, ages = _ages(DEFAULT_AGES)
+    assert _rollups.cached_rollup(an.store, ages, an._now(None, None)) is not None
+    s, e = _window(dash)
+    provider = dash.controls["provider"].options[0]
+    with dash.batch():
+        dash.controls["view"].selected_index = list(TABS).index("maturity")
+        dash.controls["provider"].value = (provider,)
+        dash.controls["definition"].value = "reached"
+    assert dash.error is None
+    want = an.rate_maturity(s, e, definition="reached", provider_id=[provider])
+    assert dash.results["maturity"].equals(want)
+    assert dash.figures["maturity"] is not None
+
+
+def test_an_answer_being_computed_is_awaited_not_computed_again(dash: Explorer) -> None:
+    import threading
+
+    started, gate = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def slow() -> int:
+        calls.append("first")
+        started.set()
+        gate.wait()
+        return 1
+
+    def again() -> int:
+        calls.append("again")
+        return 2
+
+    got: list[int] = []
+    first = threading.Thread(target=lambda: got.append(dash._cached(("k",), slow)))
+    first.start()
+    started.wait()
+    second = threading.Thread(target=lambda: got.append(dash._cached(("k",), again)))
+    second.start()
+    gate.set()
+    first.join()
+    second.join()
+    assert got == [1, 1]
+    assert calls == ["first"]
+
+
 def test_working_indicator_and_errors(dash: Explorer) -> None:
     seen: list[str] = []
     dash.working.layout.observe(lambda ch: seen.append(ch["new"]), names="visibility")
