@@ -35,6 +35,7 @@ from kmsg_analytics import (
 from kmsg_analytics._analytics import DeliveryAnalytics, DeliverySummary
 from kmsg_analytics._metrics import CODE_RULES, KEYWORD_RULES, RATES
 from tests._analytics_model import AnalyticsModel, micros
+from tests._helpers import KMSG_FIXTURES
 from tests._model import TEST_KEY
 
 PROVIDERS = ("solapi", "iwinv", "nhn")
@@ -53,7 +54,7 @@ SETTINGS = settings(
 )
 MIN_N = 3  # small, so that both sides of the "not enough data" rule are exercised
 
-FIXTURES = Path("/work/shared/kmsg-fixtures")
+FIXTURES = KMSG_FIXTURES
 
 
 # --------------------------------------------------------------------------- building stores
@@ -1221,3 +1222,89 @@ def test_failover_fields_read_only_the_texts_that_can_hold_them() -> None:
     got = _failover_fields(texts)
     assert got.equals(every_text)
     assert got.get_column("__att").to_list()[-2] is True  # the escaped key was read
+
+
+_TIMES = ("requested_at", "sent_at", "delivered_at", "failed_at", "status_updated_at")
+
+
+@st.composite
+def latency_rows(draw: st.DrawFn) -> pl.LazyFrame:
+    """Records as the latency pass reads them: any order of times, missing ones, odd groups."""
+    n = draw(st.integers(0, 30))
+    offset = st.none() | st.integers(-3_600_000_000, 5 * 86_400_000_000)
+    rows = []
+    for _ in range(n):
+        req = draw(st.integers(0, 86_400_000_000))
+        times = [req, *(draw(offset) for _ in range(4))]
+        times = [
+            None if t is None else micros(T0) + (t if i == 0 else req + t)
+            for i, t in enumerate(times)
+        ]
+        rows.append(
+            {
+                "provider_id": draw(st.sampled_from(PROVIDERS)),
+                "type": draw(st.sampled_from(TYPES)),
+                "provider_status_code": draw(st.sampled_from((None, "4000", "3104", ""))),
+                "status": draw(st.sampled_from(STATUSES)),
+                **dict(zip(_TIMES, times, strict=True)),
+            }
+        )
+    if rows:  # the status_updated_at column is never null
+        rows = [
+            {**r, "status_updated_at": r["status_updated_at"] or r["requested_at"]} for r in rows
+        ]
+    ts = pl.Datetime("us", "UTC")
+    schema: dict[str, pl.DataType] = {
+        "provider_id": pl.String(),
+        "type": pl.String(),
+        "provider_status_code": pl.String(),
+        "status": pl.String(),
+        **dict.fromkeys(_TIMES, ts),
+    }
+    frame = pl.DataFrame(
+        [{k: r[k] for k in schema} for r in rows],
+        schema={**schema, **dict.fromkeys(_TIMES, pl.Int64())},
+        orient="row",
+    )
+    return frame.with_columns(pl.col(_TIMES).cast(ts)).lazy()
+
+
+@SETTINGS
+@given(
+    base=latency_rows(),
+    by=st.sampled_from([(), ("provider_id",), ("provider_id", "type"), ("provider_status_code",)]),
+    now_s=st.integers(0, 5 * 86_400),
+    res_s=st.sampled_from([1, 60, 3_600]),
+)
+def test_packed_latency_counts_equal_the_general_ones(
+    base: pl.LazyFrame, by: tuple[str, ...], now_s: int, res_s: int
+) -> None:
+    from kmsg_analytics._analytics import _latency_counts_packed
+    from kmsg_analytics._analytics_latency import _latency_counts
+
+    now = T0 + timedelta(seconds=now_s, microseconds=now_s % 7)
+    res = res_s * 1_000_000
+    packed = _latency_counts_packed(base, list(by), now, res)
+    assert packed is not None
+    general = _latency_counts(base, list(by), now, res)
+    for got, want in zip([*packed[0], packed[1]], [*general[0], general[1]], strict=True):
+        keys = [c for c in want.columns if c not in ("c", "events", "censored")]
+        assert (
+            got.select(want.columns)
+            .sort(keys, nulls_last=True)
+            .equals(want.sort(keys, nulls_last=True))
+        )
+
+
+def test_packed_latency_counts_give_way_to_durations_too_long_to_pack() -> None:
+    from kmsg_analytics._analytics import _latency_counts_packed
+
+    an, _model = memory_analytics(_seeded_messages(20, seed=3))
+    base = an.records(START, END).select("type", "status", *_TIMES)
+    now = END + timedelta(days=1)
+    assert _latency_counts_packed(base, ["type"], now, 1_000_000) is not None
+    assert _latency_counts_packed(base, ["type"], now, 1) is None  # under a second
+    far = base.with_columns(pl.col("status_updated_at") + timedelta(days=800))
+    assert _latency_counts_packed(far, ["type"], now, 1_000_000) is None
+    # latency() then counts the general way: the same answer as a coarser resolution shows
+    assert an.latency(START, END, by="type", now=now + timedelta(days=900)).table.height > 0
