@@ -1,16 +1,17 @@
 """ParquetTrackingStore: the append-only snapshot lake, its compaction and merge-on-read.
 
-Writes: rows go to a write-ahead log (acknowledged), then are published in batches
-as one Parquet file per batch into ``history/ingest_date=.../`` (staged outside the
+Writes: rows go to a write-ahead log (acknowledged), then are published in batches as
+one Parquet file per batch into ``history/ingest_date=.../`` (staged outside the
 dataset, renamed in), its rows in requested order with a row group per requested day.
 ``compact()`` folds the history past the watermark into
 ``current/requested_date=.../part-0.parquet`` (one file per requested day, replaced by
-rename), window by window of days, each window's rows read once, and merges small
-history files. On DuckDB (the default backend) pyarrow writes the batches and folded
-files and DuckDB the merges; another Ibis backend writes every file. ``bulk()`` holds
-the automatic folds back until a bulk load ends. Reads: the compacted current state,
-anti-joined with the few snapshots newer than the watermark, which are kept decoded in
-memory between queries.
+rename), window by window of days, each window's rows read once (a window of a first
+load, every row its message's only snapshot, keeps them all without the window-max),
+and merges small history files. On DuckDB (the default backend) pyarrow writes the
+batches, folded files and merges in process; another Ibis backend writes every file.
+``bulk()`` holds the automatic folds back until a bulk load ends. Reads: the compacted
+current state, anti-joined with the few snapshots newer than the watermark, which are
+kept decoded in memory between queries.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ log = logging.getLogger("kmsg_analytics.lake")
 
 _BIG_FILE = 64 << 20  # history files this large are not merged again
 _BIG_FILE_ROWS = 100_000  # nor files of this many rows (see _merge_history_locked)
+#: a fold window without current rows whose snapshots are each its message's only one
+#: keeps them all without the window-max (tests turn this off to compare the two)
+_LONE_ROWS_WIN = True
 #: rows a fold holds at once: a window's new snapshots plus its days' current rows
 _FOLD_WINDOW_ROWS = 200_000
 #: threads writing folded days while the next window is read
@@ -108,6 +112,9 @@ _STATISTICS_COLUMNS = (
     "type", "requested_at", "status", "status_updated_at", "next_check_at", "retention_class",
 )  # fmt: skip
 _DAY_MICROS = 86_400_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Parquet timestamp units: (raw values per microsecond, microseconds per raw value)
+_TIME_UNITS = {"microseconds": (1, 1), "milliseconds": (1, 1000), "nanoseconds": (1000, 1)}
 #: statistics a batch keeps: requested_at (a fold's windows prune by it), seq, recorded_at
 #: and message_id (history queries); the other columns' would cost a sixth of the write
 _BATCH_STATISTICS = ("seq", "recorded_at", "message_id", "requested_at")
@@ -431,7 +438,10 @@ class ParquetTrackingStore(RetriedReads):
         """Give ``table`` its sequence numbers and rename it into the history (lock held).
 
         Rows are numbered in the order given, then stored in requested-time order (a
-        stable sort), so the file holds one row group per requested day.
+        stable sort), so the file holds one row group per requested day. One call is one
+        file, renamed in at once: a load is visible whole or not at all (two files
+        written at once would be faster, but a reader or a crash between their renames
+        would see half of it).
         """
         lo = state["seq"] + 1
         hi = state["seq"] + table.num_rows
@@ -977,7 +987,7 @@ class ParquetTrackingStore(RetriedReads):
         if old:
             parts.insert(0, _scan_current_files(old).filter(pl.col("seq") <= w))
         frame = pl.concat(parts, how="vertical_relaxed").collect()
-        entered = (
+        messages = (
             frame.lazy()
             .filter(pl.col("seq") > w)
             .group_by(_ID_HASH)
@@ -986,9 +996,13 @@ class ParquetTrackingStore(RetriedReads):
                 pl.col(CURRENT_PARTITION).min().alias("d0"),
                 pl.col(CURRENT_PARTITION).max().alias("d1"),
             )
-            .filter(pl.col("entered"))
             .collect()
         )
+        # no current rows and as many id hashes as rows: every row is the only snapshot
+        # of its message in the window (a first load), and every row wins
+        alone = _LONE_ROWS_WIN and not old and messages.height == frame.height
+        entered = messages.filter(pl.col("entered"))
+        del messages
         gone = [(day, mid) for day in days for mid in exclude.get(day, ())]
         if gone:
             pairs = pl.DataFrame(
@@ -997,7 +1011,9 @@ class ParquetTrackingStore(RetriedReads):
             )
             frame = frame.join(pairs, on=[CURRENT_PARTITION, "message_id"], how="anti")
         k = snapshot_key()
-        merged = frame.filter(k == k.max().over(CURRENT_PARTITION, "message_id"))
+        merged = (
+            frame if alone else frame.filter(k == k.max().over(CURRENT_PARTITION, "message_id"))
+        )
         del frame
         # each source lists a day's rows together (current files hold one day, history
         # batches are in requested order): a day is a few runs, no sort needed
@@ -1236,22 +1252,34 @@ def _scan_current_files(files: Sequence[str]) -> pl.LazyFrame:
 
 
 def _requested_span(path: Path) -> tuple[datetime, datetime] | None:
-    """The first and last ``requested_at`` of a file, from its footer (``None``: unknown)."""
+    """The first and last ``requested_at`` of a file, from its footer (``None``: unknown).
+
+    Read from the raw (physical) statistics: asking pyarrow for them as datetimes with a
+    time zone imports pandas, which costs a fresh process more than a whole small fold.
+    """
     meta = pq.read_metadata(path)
     try:
-        at = meta.schema.to_arrow_schema().get_field_index("requested_at")
-        if at < 0:
+        names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+        if "requested_at" not in names:
             return None
+        column = meta.schema.column(names.index("requested_at"))
+        logical = orjson.loads(column.logical_type.to_json())
+        unit = _TIME_UNITS.get(logical.get("timeUnit"))
+        if unit is None or column.physical_type != "INT64" or not logical.get("isAdjustedToUTC"):
+            return None
+        at = names.index("requested_at")
         stats = [meta.row_group(i).column(at).statistics for i in range(meta.num_row_groups)]
-        lows = [s.min for s in stats if s is not None and s.has_min_max]
-        highs = [s.max for s in stats if s is not None and s.has_min_max]
-    except (ValueError, TypeError, KeyError, IndexError):  # statistics it cannot give
-        return None
+        lows = [s.min_raw for s in stats if s is not None and s.has_min_max]
+        highs = [s.max_raw for s in stats if s is not None and s.has_min_max]
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None  # statistics it cannot give
     if len(lows) != meta.num_row_groups or not lows:
         return None
-    if not all(isinstance(t, datetime) and t.tzinfo is not None for t in (*lows, *highs)):
+    if not all(isinstance(t, int) for t in (*lows, *highs)):
         return None
-    return min(lows), max(highs)
+    per, scale = unit  # raw values per microsecond, or microseconds per raw value
+    low, high = min(lows) * scale // per, -(-max(highs) * scale // per)
+    return _EPOCH + timedelta(microseconds=low), _EPOCH + timedelta(microseconds=high)
 
 
 def _fold_windows(
