@@ -6,8 +6,8 @@ dataset, renamed in), its rows in requested order with a row group per requested
 ``compact()`` folds the history past the watermark into
 ``current/requested_date=.../part-0.parquet`` (one file per requested day, replaced by
 rename), window by window of days, each window's rows read once, and merges small
-history files. On DuckDB (the default backend) pyarrow writes the batches and folded
-files and DuckDB the merges; another Ibis backend writes every file. ``bulk()`` holds
+history files. On DuckDB (the default backend) pyarrow writes the batches, folded
+files and merges in process; another Ibis backend writes every file. ``bulk()`` holds
 the automatic folds back until a bulk load ends. Reads: the compacted current state,
 anti-joined with the few snapshots newer than the watermark, which are kept decoded in
 memory between queries.
