@@ -1034,7 +1034,31 @@ class ParquetTrackingStore(RetriedReads):
             )
             frame = frame.join(pairs, on=[CURRENT_PARTITION, "message_id"], how="anti")
         k = snapshot_key()
-        merged = frame.filter(k == k.max().over(CURRENT_PARTITION, "message_id"))
+        by = (CURRENT_PARTITION, "message_id")
+        frame = frame.with_columns(
+            (k == k.max().over(*by)).alias("__top"),
+            (pl.col("seq").min().over(*by) > w).alias("__fresh"),
+        )
+        # a winner past w on a day that held no row of its message, stated by no send,
+        # load or patch: a poll that moved its message here from another day (or one of
+        # a message never sent). It is noted like a new message: it may have to leave.
+        strays = (
+            frame.lazy()
+            .filter(
+                pl.col("__top") & pl.col("__fresh") & ~pl.col("snapshot_kind").is_in(_ENTRY_KINDS)
+            )
+            .select(
+                _ID_HASH,
+                pl.lit(True).alias("entered"),
+                pl.col(CURRENT_PARTITION).alias("d0"),
+                pl.col(CURRENT_PARTITION).alias("d1"),
+            )
+            .join(entered.lazy().select("h"), on="h", how="anti")
+            .collect()
+        )
+        if strays.height:
+            entered = pl.concat([entered, strays], how="vertical_relaxed")
+        merged = frame.filter(pl.col("__top")).drop("__top", "__fresh")
         del frame
         # each source lists a day's rows together (current files hold one day, history
         # batches are in requested order): a day is a few runs, no sort needed
@@ -1088,9 +1112,9 @@ class ParquetTrackingStore(RetriedReads):
         ids = pl.concat(hashes).unique()
         if ids.is_empty():
             return {}
+        # every snapshot past w of those messages (a rare hash collision brings another
+        # message along: its winning day is where it already is, so nothing leaves)
         theirs = delta.filter(_ID_HASH.is_in(ids.implode())).collect()
-        mine = theirs.filter(pl.col("snapshot_kind").is_in(_ENTRY_KINDS)).select("message_id")
-        theirs = theirs.join(mine.unique(), on="message_id", how="semi")  # no hash collisions
         old = pl.DataFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
         if files:
             old = (
