@@ -153,8 +153,11 @@ class ParquetTrackingStore(RetriedReads):
         ``storage_options=``; see ``docs/object-storage.md``).
     backend
         An Ibis backend that writes the Parquet files; a DuckDB connection by default. On
-        DuckDB, pyarrow writes the published batches and folded days in process (no copy
-        into the engine) and DuckDB merges history files.
+        DuckDB, pyarrow writes the published batches, folded days and merged history
+        files in process (no copy into the engine). Another backend (the tests run the
+        store contract on Ibis's Polars backend) runs every write and merge; one that
+        cannot write and read back the lake's columns (SQLite has no struct columns) is
+        refused with :class:`LakeFormatError` before anything is written.
     hash_key
         Key of the number hashes; see :func:`kmsg_analytics.resolve_hash_key`. A lake
         remembers the key's id and refuses another key.
@@ -218,6 +221,8 @@ class ParquetTrackingStore(RetriedReads):
         fsync: bool = False,
     ) -> None:
         super().__init__(hash_key=hash_key, keep_numbers=keep_numbers, numbers=numbers, keys=keys)
+        if backend is not None and getattr(backend, "name", None) != "duckdb":
+            _check_backend(backend)  # before anything is written
         self.paths = LakePaths(Path(path))
         self._backend = backend
         self._owns_backend = backend is None
@@ -540,11 +545,43 @@ class ParquetTrackingStore(RetriedReads):
                         file_options=ds.ParquetFileFormat().make_write_options(compression="zstd"),
                     )
             return
+        if not self._local_writes:
+            self._backend_write(expr, path, partition_by)
+            return
         options = dict(self._parquet_options)
         if partition_by is not None:
             options.update(partition_by=(partition_by,), filename_pattern="part-{i}")
         with _quiet():
             self.backend.to_parquet(expr, str(path), **options)
+
+    def _backend_write(self, expr: Any, path: Path, partition_by: str | None) -> None:
+        """Write an Ibis expression through a backend other than DuckDB, in batches.
+
+        The backend runs the expression (``to_pyarrow_batches``, bound to it explicitly:
+        Ibis's generic ``to_parquet`` runs an in-memory table on the default backend
+        instead) and pyarrow writes its batches.
+        """
+        import pyarrow.dataset as ds
+
+        try:
+            reader = self.backend.to_pyarrow_batches(expr)
+        except NotImplementedError as err:
+            raise LakeFormatError(_backend_cannot(self.backend, "run queries into Arrow")) from err
+        with _quiet(), reader:
+            if partition_by is None:
+                with pq.ParquetWriter(path, reader.schema, compression="zstd") as writer:
+                    for batch in reader:
+                        writer.write_batch(batch)
+                return
+            ds.write_dataset(
+                reader,
+                path,
+                format="parquet",
+                partitioning=[partition_by],
+                partitioning_flavor="hive",
+                basename_template="part-{i}.parquet",
+                file_options=ds.ParquetFileFormat().make_write_options(compression="zstd"),
+            )
 
     # ------------------------------------------------------------------ reads
 
@@ -1011,9 +1048,33 @@ class ParquetTrackingStore(RetriedReads):
             )
             frame = frame.join(pairs, on=[CURRENT_PARTITION, "message_id"], how="anti")
         k = snapshot_key()
-        merged = (
-            frame if alone else frame.filter(k == k.max().over(CURRENT_PARTITION, "message_id"))
+        by = (CURRENT_PARTITION, "message_id")
+        if not alone:
+            frame = frame.with_columns(
+                (k == k.max().over(*by)).alias("__top"),
+                (pl.col("seq").min().over(*by) > w).alias("__fresh"),
+            )
+        # a winner past w on a day that held no row of its message, stated by no send,
+        # load or patch: a poll that moved its message here from another day (or one of
+        # a message never sent). It is noted like a new message: it may have to leave.
+        stray = ~pl.col("snapshot_kind").is_in(_ENTRY_KINDS)
+        if not alone:  # (alone: every row wins and is its message's first here)
+            stray = stray & pl.col("__top") & pl.col("__fresh")
+        strays = (
+            frame.lazy()
+            .filter(stray)
+            .select(
+                _ID_HASH,
+                pl.lit(True).alias("entered"),
+                pl.col(CURRENT_PARTITION).alias("d0"),
+                pl.col(CURRENT_PARTITION).alias("d1"),
+            )
+            .join(entered.lazy().select("h"), on="h", how="anti")
+            .collect()
         )
+        if strays.height:
+            entered = pl.concat([entered, strays], how="vertical_relaxed")
+        merged = frame if alone else frame.filter(pl.col("__top")).drop("__top", "__fresh")
         del frame
         # each source lists a day's rows together (current files hold one day, history
         # batches are in requested order): a day is a few runs, no sort needed
@@ -1067,9 +1128,9 @@ class ParquetTrackingStore(RetriedReads):
         ids = pl.concat(hashes).unique()
         if ids.is_empty():
             return {}
+        # every snapshot past w of those messages (a rare hash collision brings another
+        # message along: its winning day is where it already is, so nothing leaves)
         theirs = delta.filter(_ID_HASH.is_in(ids.implode())).collect()
-        mine = theirs.filter(pl.col("snapshot_kind").is_in(_ENTRY_KINDS)).select("message_id")
-        theirs = theirs.join(mine.unique(), on="message_id", how="semi")  # no hash collisions
         old = pl.DataFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
         if files:
             old = (
@@ -1124,35 +1185,26 @@ class ParquetTrackingStore(RetriedReads):
             if progress is not None:
                 progress(f"merging history {day} ({len(small)} of {len(files)} files)")
             lo, hi = min(f.lo for f in small), max(f.hi for f in small)
+            paths = [f.path for f in small]
+            # file by file, Polars reading and pyarrow writing; or another Ibis backend
+            # reads the files and writes them as one
+            rows = _file_batches(paths) if self._local_writes else self._backend_rows(paths)
             newdir = self.paths.staging / f"hist-{day.isoformat()}"
             newdir.mkdir()
             for f in files:
                 if f not in small:  # large files stay as they are (a hard link, no copy)
                     os.link(f.path, newdir / f.path.name)
-            merged = newdir / history_name(lo, hi, None)
-            if self._local_writes:  # file by file: Polars reads, pyarrow writes
-                self._to_parquet(_file_batches([f.path for f in small]), merged)
-            else:  # the backend streams the files into one, in bounded memory (row order
-                # within a history file means nothing, so DuckDB need not buffer to keep it)
-                with _quiet(), self._unordered():
-                    rows = self.backend.read_parquet(
-                        [str(f.path) for f in small], hive_partitioning=False
-                    ).select(*SNAPSHOT_SCHEMA.names)
-                    self._to_parquet(rows, merged)
+            self._to_parquet(rows, newdir / history_name(lo, hi, None))
             target = self.paths.history / f"ingest_date={day.isoformat()}"
             replace_dir(newdir, target, self.paths.staging / f"trash-{day.isoformat()}")
 
-    @contextlib.contextmanager
-    def _unordered(self) -> Iterator[None]:
-        """On DuckDB, let a write reorder rows (about half the memory of a large merge)."""
-        duck = getattr(self.backend, "name", None) == "duckdb"
-        if duck:
-            self.backend.raw_sql("SET preserve_insertion_order = false")
+    def _backend_rows(self, paths: Sequence[Path]) -> Any:
+        """History files read by the Ibis backend (not DuckDB), as one expression."""
         try:
-            yield
-        finally:
-            if duck:
-                self.backend.raw_sql("SET preserve_insertion_order = true")
+            rows = self.backend.read_parquet([str(p) for p in paths])
+        except NotImplementedError as err:
+            raise LakeFormatError(_backend_cannot(self.backend, "read Parquet files")) from err
+        return rows.select(*SNAPSHOT_SCHEMA.names)
 
     # ------------------------------------------------------------------ files
 
@@ -1473,6 +1525,36 @@ def _write_stream(batches: pa.RecordBatchReader, path: Path) -> None:
                 pending, rows = [], 0
         if pending:
             writer.write_table(pa.Table.from_batches(pending, schema))
+
+
+def _check_backend(backend: Any) -> None:
+    """Refuse an Ibis backend that cannot write and read back the lake's columns.
+
+    Tried on an empty table of :data:`SNAPSHOT_SCHEMA` in a temporary directory.
+    """
+    import tempfile
+
+    import ibis
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="kmsg-backend-") as tmp:
+            path = Path(tmp) / "probe.parquet"
+            reader = backend.to_pyarrow_batches(ibis.memtable(SNAPSHOT_SCHEMA.empty_table()))
+            with reader, pq.ParquetWriter(path, reader.schema) as writer:
+                for batch in reader:
+                    writer.write_batch(batch)
+            backend.read_parquet([str(path)]).select(*SNAPSHOT_SCHEMA.names).to_pyarrow()
+    except Exception as err:  # whatever the backend raises: its message is kept
+        what = f"write and read back the lake's columns ({type(err).__name__}: {err})"
+        raise LakeFormatError(_backend_cannot(backend, what)) from err
+
+
+def _backend_cannot(backend: Any, what: str) -> str:
+    name = getattr(backend, "name", type(backend).__name__)
+    return (
+        f"backend={name!r} cannot {what}, which the lake needs; pass an Ibis backend that "
+        "can (DuckDB, the default, or Polars), or none"
+    )
 
 
 def _leaf_columns(schema: pa.Schema) -> list[str]:

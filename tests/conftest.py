@@ -1,11 +1,13 @@
 """Shared fixtures: every tracking store variant, a service over it, a fixed clock.
 
-``store`` is parametrized over ``memory``, ``parquet``, ``parquet-compacted``, ``s3``
-and ``s3-compacted``. The ``-compacted`` variants fold their snapshots (``compact()``)
-whenever a test calls ``checkpoint()``, so the same test also runs against
-merge-on-read over a compacted current state; ``checkpoint()`` does nothing for the
-others. The ``s3`` variants are object lakes in moto's S3 server on 127.0.0.1 (one
-server per test session, each lake under its own prefix), reached over HTTP.
+``store`` is parametrized over ``memory``, ``parquet``, ``parquet-compacted``,
+``parquet-polars``, ``s3`` and ``s3-compacted``. The ``-compacted`` variants and
+``parquet-polars`` (a lake whose files Ibis's Polars backend writes and merges instead
+of DuckDB and pyarrow) fold their snapshots (``compact()``) whenever a test calls
+``checkpoint()``, so the same test also runs against merge-on-read over a compacted
+current state; ``checkpoint()`` does nothing for the others. The ``s3`` variants are
+object lakes in moto's S3 server on 127.0.0.1 (one server per test session, each lake
+under its own prefix), reached over HTTP.
 ``local_store`` is only the first two: for tests that need no object lake.
 """
 
@@ -15,6 +17,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import ibis
 import pytest
 
 from kmsg_analytics import DeliveryTrackingService, InMemoryTrackingStore, ParquetTrackingStore
@@ -23,9 +26,9 @@ from tests._helpers import Gateway
 from tests._model import TEST_KEY
 from tests._s3server import shared_server, stop_shared_server
 
-STORE_KINDS = ("memory", "parquet", "parquet-compacted", "s3", "s3-compacted")
+STORE_KINDS = ("memory", "parquet", "parquet-compacted", "parquet-polars", "s3", "s3-compacted")
 #: The variants whose ``checkpoint()`` folds the lake.
-COMPACTED_KINDS = ("parquet-compacted", "s3-compacted")
+COMPACTED_KINDS = ("parquet-compacted", "parquet-polars", "s3-compacted")
 #: :data:`STORE_KINDS` as fixture parameters: the second S3 variant is marked slow (every
 #: request is an HTTP round trip to moto); it still runs in CI.
 STORE_PARAMS = [
@@ -50,6 +53,8 @@ def make_store(kind: str, path: Path) -> AnyStore:
         return InMemoryTrackingStore(hash_key=TEST_KEY)
     if kind in ("parquet", "parquet-compacted"):
         return ParquetTrackingStore(path, hash_key=TEST_KEY)
+    if kind == "parquet-polars":  # every file written (and merged) through another Ibis backend
+        return ParquetTrackingStore(path, backend=ibis.polars.connect(), hash_key=TEST_KEY)
     if kind in ("s3", "s3-compacted"):
         server = shared_server()
         return ObjectLakeStore(
