@@ -339,6 +339,9 @@ class Explorer:
         self._page = 0
         self._matching = 0
         self._preparing: threading.Thread | None = None
+        self._redraw_prepared = False  # a tab waits for the background: redraw it after
+        self._prepared_done = False
+        self._refreshing = threading.RLock()  # a control's refresh, or the background's
 
         _warm_up(view)
         providers, types, first, last = self._choices()
@@ -454,8 +457,10 @@ class Explorer:
         counted per request hour, provider and type for every rate definition; once it
         is kept, every maturity curve the controls ask for is a small aggregation of it.
         A tab opened before its answer is ready waits for it (nothing is computed
-        twice); a failure here only means the tab computes its answer itself (and
-        shows any error then).
+        twice), except the maturity tab: it says that the curve is being prepared and
+        is drawn when the rollup is ready, so no control waits for the whole pass. A
+        failure here only means the tab computes its answer itself (and shows any error
+        then).
         """
         an = self.analytics
         _labels, ages_us = _ages(DEFAULT_AGES)
@@ -481,8 +486,13 @@ class Explorer:
             except Exception:  # the tab computes the curve (and reports errors) itself
                 pass
             finally:
+                with self._refreshing:  # (a control's refresh checks these under it)
+                    self._prepared_done = True
+                    redraw, self._redraw_prepared = self._redraw_prepared, False
                 with contextlib.suppress(Exception):  # (the dashboard may be closed by now)
                     self.background.layout.visibility = "hidden"
+                    if redraw:  # the maturity tab said "preparing": draw it now
+                        self.refresh(tables=False)
 
         self.background.layout.visibility = "visible"
         thread = threading.Thread(target=work, name="kmsg-explorer-rollup", daemon=True)
@@ -495,7 +505,10 @@ class Explorer:
         self._figure(fig, st, s, e, {})
 
     def wait_prepared(self, timeout: float | None = None) -> bool:
-        """Wait for the background rollup (if one was started); ``True`` once it is done."""
+        """Wait for the background rollup (if one was started); ``True`` once it is done.
+
+        A maturity tab that showed "preparing" meanwhile is drawn before this returns.
+        """
         thread = self._preparing
         if thread is None:
             return True
@@ -556,7 +569,8 @@ class Explorer:
 
     def refresh(self, *, tables: bool = True) -> None:
         """Recompute what is on screen for the current controls."""
-        self._run(lambda: self._compute(tables=tables))
+        with self._refreshing:
+            self._run(lambda: self._compute(tables=tables))
 
     def _run(self, work: Callable[[], None]) -> None:
         self.working.layout.visibility = "visible"
@@ -643,6 +657,11 @@ class Explorer:
             if fig in self.figures:
                 continue
             t0 = time.perf_counter()
+            if fig == "maturity" and self._maturity_pending():
+                self._redraw_prepared = True  # drawn when the background is done
+                self.slots[fig].clear(_PREPARING)
+                self.timings[f"{fig}_s"] = time.perf_counter() - t0
+                continue
             chart = self._drawn(fig, st, s, e)
             self.figures[fig] = chart
             if chart is None:
@@ -651,8 +670,12 @@ class Explorer:
                 self.slots[fig].show(chart)
             self.timings[f"{fig}_s"] = time.perf_counter() - t0
         for fig, slot in self.slots.items():
-            if fig not in self.figures:
+            if fig not in self.figures and not (fig == "maturity" and self._redraw_prepared):
                 slot.clear("탭을 열면 계산합니다")
+
+    def _maturity_pending(self) -> bool:
+        """Whether the background is still preparing the rate-maturity rollup."""
+        return self._preparing is not None and not self._prepared_done
 
     def _inputs(self, fig: str, st: Mapping[str, Any], s: datetime, e: datetime) -> tuple[Any, ...]:
         """What figure ``fig`` depends on (its cache key)."""
@@ -938,6 +961,10 @@ class Explorer:
         first_day = first.astimezone(self.zone).date() if isinstance(first, datetime) else today
         last_day = last.astimezone(self.zone).date() if isinstance(last, datetime) else today
         return providers, types, first_day, last_day
+
+
+#: what the maturity tab says while the background prepares its rollup
+_PREPARING: Final = "⏳ 성숙 곡선을 준비하는 중입니다 (백그라운드에서 계산 후 바로 그려집니다)"
 
 
 def _check_buckets(s: datetime, e: datetime, every: str) -> None:

@@ -153,6 +153,7 @@ def test_bucket_and_definition(dash: Explorer, an: DeliveryAnalytics) -> None:
 
 
 def test_tabs_compute_their_charts(dash: Explorer, an: DeliveryAnalytics) -> None:
+    assert dash.wait_prepared(300)  # (before it, the maturity tab says it is preparing)
     s, e = _window(dash)
     for index, (key, (_title, figures)) in enumerate(TABS.items()):
         dash.controls["view"].selected_index = index
@@ -191,6 +192,39 @@ def test_maturity_comes_from_the_background_rollup(dash: Explorer, an: DeliveryA
     want = an.rate_maturity(s, e, definition="reached", provider_id=[provider])
     assert dash.results["maturity"].equals(want)
     assert dash.figures["maturity"] is not None
+
+
+def test_the_maturity_tab_does_not_wait_for_the_background(
+    an: DeliveryAnalytics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opened while the rollup is being built, the tab says so; it is drawn once built."""
+    import threading
+
+    from kmsg_analytics import _rollups
+
+    gate = threading.Event()
+    build = _rollups.build_rollup
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        gate.wait(120)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(_rollups, "build_rollup", held)
+    dash = explore(an, chart_view="interactive")
+    try:
+        dash.controls["view"].selected_index = list(TABS).index("maturity")
+        assert "maturity" not in dash.figures  # not drawn, and the control did not wait
+        assert "준비" in dash.slots["maturity"].note.value
+        assert not dash.wait_prepared(0.01)
+        gate.set()
+        assert dash.wait_prepared(300)
+        assert dash.error is None
+        s, e = _window(dash)
+        assert dash.results["maturity"].equals(an.rate_maturity(s, e))
+        assert dash.slots["maturity"].widget.children == (dash.slots["maturity"].inner,)
+    finally:
+        gate.set()
+        dash.close()
 
 
 def test_an_answer_being_computed_is_awaited_not_computed_again(dash: Explorer) -> None:
