@@ -898,29 +898,7 @@ class DeliveryAnalytics:
             )
         else:  # a rollup costs more to build than one curve: not built here
             counts = maturity_counts(self._history(flt, at), ids, by_cols, ages_us, moment, rate)
-        age_frame = pl.DataFrame(
-            {"idx": list(range(len(ages_us))), "age": labels, "age_s": [a / 1e6 for a in ages_us]},
-            schema={"idx": pl.Int32, "age": pl.String, "age_s": pl.Float64},
-        )
-        return (
-            counts.join(age_frame, on="idx", how="left")
-            .with_columns(pl.lit(rate.name).alias("definition"))
-            .with_columns(m.polars_rate_columns("numerator", "denominator", min_n=self.min_n))
-            .sort([*by_cols, "idx"], nulls_last=True)
-            .select(
-                *by_cols,
-                "age",
-                "age_s",
-                "messages",
-                "definition",
-                "numerator",
-                "denominator",
-                "rate_pct",
-                "ci_low_pct",
-                "ci_high_pct",
-                "enough_data",
-            )
-        )
+        return _rollups.maturity_frame(counts, labels, ages_us, rate, by_cols, self.min_n)
 
     def status_durations(
         self,

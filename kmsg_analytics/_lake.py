@@ -529,21 +529,11 @@ class ParquetTrackingStore(RetriedReads):
                 self._forget(table)
             return
         if "'" in str(path) and '"' in str(path):  # the backend cannot quote such a path
-            import pyarrow.dataset as ds
-
             with _quiet():
                 if partition_by is None:
                     pq.write_table(expr.to_pyarrow(), path, compression="zstd")
                 else:
-                    ds.write_dataset(
-                        expr.to_pyarrow(),
-                        path,
-                        format="parquet",
-                        partitioning=[partition_by],
-                        partitioning_flavor="hive",
-                        basename_template="part-{i}.parquet",
-                        file_options=ds.ParquetFileFormat().make_write_options(compression="zstd"),
-                    )
+                    _write_hive(expr.to_pyarrow(), path, partition_by)
             return
         if not self._local_writes:
             self._backend_write(expr, path, partition_by)
@@ -561,8 +551,6 @@ class ParquetTrackingStore(RetriedReads):
         Ibis's generic ``to_parquet`` runs an in-memory table on the default backend
         instead) and pyarrow writes its batches.
         """
-        import pyarrow.dataset as ds
-
         try:
             reader = self.backend.to_pyarrow_batches(expr)
         except NotImplementedError as err:
@@ -572,16 +560,8 @@ class ParquetTrackingStore(RetriedReads):
                 with pq.ParquetWriter(path, reader.schema, compression="zstd") as writer:
                     for batch in reader:
                         writer.write_batch(batch)
-                return
-            ds.write_dataset(
-                reader,
-                path,
-                format="parquet",
-                partitioning=[partition_by],
-                partitioning_flavor="hive",
-                basename_template="part-{i}.parquet",
-                file_options=ds.ParquetFileFormat().make_write_options(compression="zstd"),
-            )
+            else:
+                _write_hive(reader, path, partition_by)
 
     # ------------------------------------------------------------------ reads
 
@@ -1525,6 +1505,21 @@ def _write_stream(batches: pa.RecordBatchReader, path: Path) -> None:
                 pending, rows = [], 0
         if pending:
             writer.write_table(pa.Table.from_batches(pending, schema))
+
+
+def _write_hive(data: pa.Table | pa.RecordBatchReader, path: Path, partition_by: str) -> None:
+    """Write ``data`` as a hive-partitioned directory by ``partition_by`` (zstd)."""
+    import pyarrow.dataset as ds
+
+    ds.write_dataset(
+        data,
+        path,
+        format="parquet",
+        partitioning=[partition_by],
+        partitioning_flavor="hive",
+        basename_template="part-{i}.parquet",
+        file_options=ds.ParquetFileFormat().make_write_options(compression="zstd"),
+    )
 
 
 def _check_backend(backend: Any) -> None:
