@@ -461,12 +461,7 @@ class DeliveryAnalytics:
             *by_cols,
             *count_cols,
             "definition",
-            "numerator",
-            "denominator",
-            "rate_pct",
-            "ci_low_pct",
-            "ci_high_pct",
-            "enough_data",
+            *m.RATE_COLUMNS,
         )
 
     # ------------------------------------------------------------------ 4. latency

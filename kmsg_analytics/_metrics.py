@@ -579,18 +579,19 @@ def polars_aggregations(
     return out
 
 
-#: The columns of a table of named rates, in the order reports show them.
-RATE_TABLE_COLUMNS: Final = (
-    "rate",
-    "label",
+#: The columns every answer gives beside a rate: its counts, the rate, its Wilson
+#: interval and whether the denominator is large enough (see :func:`polars_rate_columns`).
+RATE_COLUMNS: Final = (
     "numerator",
     "denominator",
     "rate_pct",
     "ci_low_pct",
     "ci_high_pct",
     "enough_data",
-    "definition",
 )
+
+#: The columns of a table of named rates, in the order reports show them.
+RATE_TABLE_COLUMNS: Final = ("rate", "label", *RATE_COLUMNS, "definition")
 
 
 def polars_rate_columns(

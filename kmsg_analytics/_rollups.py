@@ -643,12 +643,7 @@ def maturity_frame(
             "age_s",
             "messages",
             "definition",
-            "numerator",
-            "denominator",
-            "rate_pct",
-            "ci_low_pct",
-            "ci_high_pct",
-            "enough_data",
+            *m.RATE_COLUMNS,
         )
     )
 

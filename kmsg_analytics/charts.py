@@ -489,12 +489,7 @@ def delivery_rate(
     data = frame.select(
         _wall_clock("bucket_start").alias("bucket"),
         _group_label(by),
-        "numerator",
-        "denominator",
-        "rate_pct",
-        "ci_low_pct",
-        "ci_high_pct",
-        "enough_data",
+        *m.RATE_COLUMNS,
     )
     label = _rate_label(definition)
     color = alt.Color(
@@ -846,12 +841,7 @@ def delivery_heatmap(rates: pl.DataFrame, *, min_n: int = m.DEFAULT_MIN_N) -> al
             "weekday",
             "weekday_label",
             "hour",
-            "numerator",
-            "denominator",
-            "rate_pct",
-            "ci_low_pct",
-            "ci_high_pct",
-            "enough_data",
+            *m.RATE_COLUMNS,
         )
     )
     label = _rate_label(definition)
@@ -1032,12 +1022,7 @@ def rate_maturity(curve: pl.DataFrame, *, max_rows: int = MAX_ROWS) -> alt.Layer
         "age",
         "age_s",
         "messages",
-        "numerator",
-        "denominator",
-        "rate_pct",
-        "ci_low_pct",
-        "ci_high_pct",
-        "enough_data",
+        *m.RATE_COLUMNS,
     )
     definition = str(curve.get_column("definition").first() or "")
     label = _rate_label(definition)
