@@ -80,6 +80,7 @@ from ._analytics_latency import (
     _km_summary,
     _latency_counts,
     _naive_latency,
+    split_counts,
 )
 from ._analytics_results import (
     Comparison,
@@ -1238,19 +1239,7 @@ def _latency_counts_packed(
         reduced = reduced.with_columns(code_of.alias("__code")).join(
             groups, on="__code", how="left"
         )
-    c = pl.col("c")
-    segments = [
-        reduced.filter(pl.col(g).is_not_null())
-        .group_by([*by, g])
-        .agg(c.sum().cast(pl.Int64))
-        .rename({g: "d"})
-        for g in gaps
-    ]
-    km = reduced.group_by([*by, "t"]).agg(
-        c.filter(pl.col("ev")).sum().cast(pl.Int64).alias("events"),
-        c.filter(~pl.col("ev")).sum().cast(pl.Int64).alias("censored"),
-    )
-    return segments, km
+    return split_counts(reduced, by, gaps)
 
 
 def _by_code(by: Sequence[str]) -> pl.Expr:

@@ -100,6 +100,16 @@ def _latency_counts(
         .agg(pl.len().cast(pl.Int64).alias("c"))
         .collect(engine="streaming")
     )
+    return split_counts(reduced, by, gaps)
+
+
+def split_counts(
+    reduced: pl.DataFrame, by: Sequence[str], gaps: Sequence[str]
+) -> tuple[list[pl.DataFrame], pl.DataFrame]:
+    """Per segment ``(by, d, c)`` and the Kaplan-Meier ``(by, t, events, censored)`` counts.
+
+    ``reduced`` holds messages counted (``c``) per ``by``, gap columns, ``t`` and ``ev``.
+    """
     c = pl.col("c")
     segments = [
         reduced.filter(pl.col(g).is_not_null())

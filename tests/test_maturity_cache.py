@@ -30,7 +30,9 @@ from kmsg_analytics import _rollups as r
 from kmsg_analytics._analytics import DeliveryAnalytics
 from kmsg_analytics._metrics import RATES
 from tests._analytics_model import AnalyticsModel, micros
+from tests._helpers import Gateway
 from tests._model import TEST_KEY
+from tests.conftest import FixedClock
 
 PROVIDERS = ("solapi", "iwinv", "nhn")
 TYPES = ("SMS", "LMS", "ALIMTALK")
@@ -46,19 +48,6 @@ SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-
-
-class Gateway:
-    def __init__(self, provider_id: str) -> None:
-        self.id = provider_id
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @dataclass
@@ -79,7 +68,7 @@ class Msg:
     snaps: list[Snap]
 
 
-def _record(svc: DeliveryTrackingService, clock: Clock, m: Msg) -> TrackingRecord:
+def _record(svc: DeliveryTrackingService, clock: FixedClock, m: Msg) -> TrackingRecord:
     clock.now = m.requested_at
     context = {
         "messageId": m.message_id,
@@ -98,7 +87,7 @@ def _record(svc: DeliveryTrackingService, clock: Clock, m: Msg) -> TrackingRecor
 
 def build(store: Any, msgs: Sequence[Msg], model: AnalyticsModel) -> DeliveryTrackingService:
     """Every send, then every later snapshot in time order, into the store and the model."""
-    clock = Clock(T0)
+    clock = FixedClock(T0)
     svc = DeliveryTrackingService([Gateway(p) for p in PROVIDERS], store=store, clock=clock)
     sent = {}
     for m in msgs:
