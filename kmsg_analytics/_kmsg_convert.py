@@ -137,7 +137,10 @@ class Memo:
         differs from the one found, or as extra rows: the chunk is then joined on the
         texts themselves.
         """
-        joined = frame.join(self._known, on=_H, how="left", maintain_order="left", suffix=_FOUND)
+        known = self._known
+        if known.height > frame.height:  # the few known values of this chunk, not a table of all
+            known = known.filter(pl.col(_H).is_in(frame.get_column(_H).drop_nulls().implode()))
+        joined = frame.join(known, on=_H, how="left", maintain_order="left", suffix=_FOUND)
         if joined.height == frame.height:
             found = joined.get_column(_KEY + _FOUND)
             if not (found.is_not_null() & (found != joined.get_column(_KEY))).any():
@@ -502,7 +505,10 @@ def _convert(
     if frame.height == 0:
         return pa.table({}), rejected
 
-    records = frame.with_columns(**number_cols).with_columns(pl.col("to_masked").fill_null(""))
+    # the rest is one plan: columns computed once, only those kept, one collect
+    records = (
+        frame.lazy().with_columns(**number_cols).with_columns(pl.col("to_masked").fill_null(""))
+    )
     json_out = {n: pl.col(f"__jvalue_{n}") for n in JSON_FIELDS if f"__ok_{n}" in frame.columns}
     last_error: pl.Expr = pl.lit(None, _LAST_ERROR)
     if "last_error" in json_out:  # k-msg's {code, message, ...} as ours, when both are given
@@ -553,23 +559,24 @@ def _rejected(bad: pl.DataFrame, checks: list[tuple[str, pl.Expr, pl.Expr]]) -> 
     return frame.unique("__i", keep="first", maintain_order=True).cast(BAD_SCHEMA)  # type: ignore[arg-type]
 
 
-def lake_table(records: pl.DataFrame) -> pa.Table:
+def lake_table(records: pl.DataFrame | pl.LazyFrame) -> pa.Table:
     """Validated records in lake form (defaults filled, every column, lake types)."""
+    columns = set(records.collect_schema().names())
     requested = pl.col("requested_at")
     updated = (
         pl.col("status_updated_at").fill_null(requested)
-        if "status_updated_at" in records.columns
+        if "status_updated_at" in columns
         else requested
     )
     frame = records.with_columns(status_updated_at=updated).with_columns(
         next_check_at=(
             pl.col("next_check_at").fill_null(pl.col("status_updated_at"))
-            if "next_check_at" in records.columns
+            if "next_check_at" in columns
             else pl.col("status_updated_at")
         ),
         retention_class=(
             pl.col("retention_class")
-            if "retention_class" in records.columns
+            if "retention_class" in columns
             else pl.lit(DEFAULT_RETENTION_CLASS)
         ),
         retention_bucket_ym=(requested.dt.year() * 100 + requested.dt.month()).cast(pl.Int32),
@@ -578,13 +585,17 @@ def lake_table(records: pl.DataFrame) -> pa.Table:
         snapshot_kind=pl.lit("load"),
         recorded_at=pl.col("status_updated_at"),
     )
-    out = frame.select(
+    present = columns | {
+        "next_check_at", "retention_class", "retention_bucket_ym", "metadata", "seq",
+        "snapshot_kind", "recorded_at", "status_updated_at",
+    }  # fmt: skip
+    out = frame.lazy().select(
         [
-            (pl.col(n) if n in frame.columns else pl.lit(None)).cast(dtype).alias(n)
+            (pl.col(n) if n in present else pl.lit(None)).cast(dtype).alias(n)
             for n, dtype in POLARS_SCHEMA.items()
         ]
     )
-    return out.to_arrow().cast(SNAPSHOT_SCHEMA)
+    return out.collect().to_arrow().cast(SNAPSHOT_SCHEMA)
 
 
 def _parse_times(frame: pl.DataFrame, name: str, mode: str) -> tuple[pl.Expr, pl.Expr]:

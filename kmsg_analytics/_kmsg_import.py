@@ -409,7 +409,11 @@ class _Run:
         raw = canonical(chunk, source.columns)
         raw = raw.with_columns(__fp=raw.hash_rows(), __i=pl.int_range(pl.len(), dtype=pl.UInt32))
         candidates = ~self.lookup.unchanged(raw)
-        good, bad = self.converter.convert(raw.filter(candidates))
+        n_candidates = int(candidates.sum())
+        # a first import (nothing known) converts every row: no copy of the chunk
+        good, bad = self.converter.convert(
+            raw if n_candidates == raw.height else raw.filter(candidates)
+        )
         fingerprints = pl.col("__fp")
         if bad.height:  # skipped rows keep no fingerprint: read and judged again next time
             fingerprints = pl.when(~pl.col("__i").is_in(bad.get_column("__i").implode())).then(
@@ -417,7 +421,7 @@ class _Run:
             )
         return _Converted(
             fetched=raw.height,
-            unchanged=raw.height - int(candidates.sum()),
+            unchanged=raw.height - n_candidates,
             latest=latest_time(raw, WATERMARK_FIELDS, source.timestamps),
             good=good,
             bad=bad,
@@ -506,7 +510,7 @@ class _Known:
         """Per row of ``raw`` (with ``message_id`` and ``__fp``): seen exactly so before."""
         fp = raw.get_column("__fp")
         if self.fps.len() == 0:
-            return pl.Series("unchanged", [False] * raw.height, pl.Boolean)
+            return pl.repeat(False, raw.height, dtype=pl.Boolean, eager=True).alias("unchanged")
         at = self.fps.search_sorted(fp, side="left").clip(upper_bound=self.fps.len() - 1)
         same = (self.fps.gather(at) == fp) & (
             self.ids.gather(at) == raw.get_column("message_id").cast(pl.String)

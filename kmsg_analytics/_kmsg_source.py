@@ -261,9 +261,12 @@ class KmsgSource:
         rows = sub.select(sub[_ROWID], *[sub[c] for c in cols])
         with self._arrow() as arrow:
             key = _FIRST_ROWID
+            query = _Compiled(self.backend, rows, last) if arrow is not None else None
             while True:
-                if arrow is not None:
-                    frame = self._read(arrow, rows, [_ROWID, *cols], chunk_rows, {last: key})
+                if arrow is not None and query is not None:
+                    frame = self._read(
+                        arrow, rows, [_ROWID, *cols], chunk_rows, {last: key}, sql=query.sql(key)
+                    )
                     top_ = frame.get_column(_ROWID).max() if frame.height else None
                     n, top = frame.height, None if top_ is None else int(top_)  # type: ignore[arg-type]
                     frame = frame.drop(_ROWID)
@@ -295,14 +298,18 @@ class KmsgSource:
         cols: list[str],
         limit: int,
         params: Mapping[Any, Any] | None = None,
+        *,
+        sql: str | None = None,
     ) -> pl.DataFrame:
         """A query's rows (at most ``limit``) as Arrow columns from the ADBC driver.
 
-        As rows where they cannot be (see :func:`_typed_frame`).
+        As rows where they cannot be (see :func:`_typed_frame`). ``sql``: the query as
+        compiled already (``expr`` with ``params``).
         """
         import adbc_driver_manager
 
-        sql = self.backend.compile(expr, params=params)
+        if sql is None:
+            sql = self.backend.compile(expr, params=params)
         types = {c: pl.Int64 if c == _ROWID else _polars_type(self.dtypes[c]) for c in cols}
         frame: pl.DataFrame | None = None
         with contextlib.suppress(adbc_driver_manager.Error):
@@ -456,6 +463,41 @@ class KmsgSource:
             finally:
                 cursor.close()
         return int(expr.to_pyarrow().as_py())
+
+
+class _Compiled:
+    """A query with one ``int64`` parameter, compiled once, its value put in per chunk.
+
+    Ibis inlines a parameter's value as a number literal: the query is compiled with an
+    unlikely value and that number is replaced by each chunk's (compiling it again per
+    chunk costs more than some reads). Where the number is not found exactly once the
+    query is compiled for each value.
+
+    Examples
+    --------
+    >>> import ibis
+    >>> backend = ibis.sqlite.connect()
+    >>> t = backend.create_table("t", schema=ibis.schema({"x": "int64"}))
+    >>> p = ibis.param("int64")
+    >>> query = _Compiled(backend, t.filter(t.x > p), p)
+    >>> query.sql(-5) == backend.compile(t.filter(t.x > p), params={p: -5})
+    True
+    """
+
+    _SENTINEL: Final = 7_316_495_208_833_150_447
+
+    def __init__(self, backend: Any, expr: Any, param: Any) -> None:
+        self.backend = backend
+        self.expr = expr
+        self.param = param
+        text = backend.compile(expr, params={param: self._SENTINEL})
+        self.text: str | None = text if text.count(str(self._SENTINEL)) == 1 else None
+
+    def sql(self, value: int) -> str:
+        """The query for ``value``."""
+        if self.text is None:
+            return str(self.backend.compile(self.expr, params={self.param: value}))
+        return self.text.replace(str(self._SENTINEL), str(int(value)))
 
 
 def _open_arrow(path: Path) -> Any:

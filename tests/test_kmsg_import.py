@@ -613,6 +613,26 @@ def test_progress_and_chunking_do_not_change_the_result(tmp_path: Path) -> None:
         run(url, tmp_path / "c", chunk_rows=0)
 
 
+def test_chunks_follow_sparse_and_negative_rowids(tmp_path: Path) -> None:
+    """Each chunk's query starts past the last rowid read, whatever its sign or size."""
+    db = tmp_path / "k.sqlite"
+    url = write_table(db, [kmsg_row(f"m{i}") for i in range(7)])
+    # k-msg's table has a rowid of its own: move the rows to far apart ones, some negative
+    rowids = [-(2**62), -5, -1, 0, 3, 10**12, 2**62]
+    for i, rowid in enumerate(rowids):
+        update_rows(
+            db, "UPDATE kmsg_delivery_tracking SET rowid=? WHERE message_id=?", rowid, f"m{i}"
+        )
+    for chunk_rows in (1, 2, 3, 100):
+        report = run(url, tmp_path / f"lake{chunk_rows}", chunk_rows=chunk_rows)
+        assert (report.rows_read, report.new) == (7, 7)
+        assert sorted(current(tmp_path / f"lake{chunk_rows}")) == [f"m{i}" for i in range(7)]
+    # rows added later, past the last rowid read, are read by the next import
+    write_table(db, [kmsg_row("late")])
+    again = run(url, tmp_path / "lake2", chunk_rows=2)
+    assert (again.new, again.unchanged) == (1, 7)
+
+
 def test_the_fixture_database_imports_in_small_chunks_like_in_one(tmp_path: Path) -> None:
     if not FIXTURE_DB.is_file():
         pytest.skip(f"k-msg fixtures not found at {FIXTURES}")
