@@ -14,6 +14,7 @@ from typing import Any, Final
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ._doctor_ranges import (
@@ -34,9 +35,11 @@ from ._records import POLLABLE_STATUSES
 from ._schema import (
     CURRENT_PARTITION,
     FORMAT_VERSION,
+    GATEWAY_FLAG,
     HISTORY_PARTITION,
     POLARS_SCHEMA,
     SNAPSHOT_SCHEMA,
+    with_gateway_flag,
 )
 
 _HISTORY_NAME: Final = re.compile(r"^([bc])-(\d{20})-(\d{20})(?:-([0-9a-f]{32}))?\.parquet$")
@@ -157,10 +160,18 @@ def check_key_value_metadata(meta: pq.FileMetaData) -> None:
             raise ValueError(msg) from None
 
 
+def _flagged(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with the gateway flag after the lake's columns (as folded files have it)."""
+    return with_gateway_flag(schema.empty_table()).schema
+
+
 def _read_file(
-    scan: _Scan, paths: LakePaths, path: Path, expected: pa.Schema
+    scan: _Scan, paths: LakePaths, path: Path, expected: pa.Schema, *, folded: bool = False
 ) -> Iterator[pa.Table]:
-    """Every row group of ``path`` (records it as bad and stops at the first failure)."""
+    """Every row group of ``path`` (records it as bad and stops at the first failure).
+
+    A ``folded`` file (current or open) may also carry the gateway flag.
+    """
     rel = relative(paths, path)
     scan.files += 1
     try:
@@ -171,6 +182,8 @@ def _read_file(
         scan.add("problem", "unreadable", f"{rel} cannot be read ({_text(err)})", rel)
         return
     with pf:
+        if folded and GATEWAY_FLAG in pf.schema_arrow.names:
+            expected = _flagged(expected)
         why = _schema_problem(pf.schema_arrow, expected)
         if why is not None:
             scan.bad[path] = f"wrong schema: {why}"
@@ -226,13 +239,25 @@ def _check_history_file(scan: _Scan, paths: LakePaths, f: _HistoryFile) -> None:
     scan.history.append(f)
 
 
+def _wrong_flags(table: pa.Table) -> int:
+    """Rows whose stored gateway flag is not what their gateway id says (0 without a flag)."""
+    if GATEWAY_FLAG not in table.column_names:
+        return 0
+    stored = table.column(GATEWAY_FLAG)
+    expected = with_gateway_flag(table).column(GATEWAY_FLAG)
+    differ = pc.fill_null(pc.not_equal(stored, expected), True)  # a null flag is wrong too
+    return int(pc.sum(differ).as_py() or 0)
+
+
 def _check_current_file(scan: _Scan, paths: LakePaths, day: date, path: Path) -> None:
     rel = relative(paths, path)
     day_us = (day - date(1970, 1, 1)).days * _DAY_US
     misplaced = 0
     other_days: set[date] = set()
-    for table in _read_file(scan, paths, path, SNAPSHOT_SCHEMA):
+    flags = 0
+    for table in _read_file(scan, paths, path, SNAPSHOT_SCHEMA, folded=True):
         scan.kids |= _kids(table)
+        flags += _wrong_flags(table)
         at = _micros(table.column("requested_at"))
         wrong = (at < day_us) | (at >= day_us + _DAY_US)
         if wrong.any():
@@ -244,6 +269,15 @@ def _check_current_file(scan: _Scan, paths: LakePaths, day: date, path: Path) ->
         scan.rebuild_days.add(day)
         return
     scan.current[day] = path
+    if flags:
+        scan.add(
+            "problem",
+            "gateway-flag",
+            f"{rel}: {flags:,} rows have a has_gateway_id that disagrees with their "
+            "provider_message_id (rates of accepted messages would be wrong)",
+            rel,
+        )
+        scan.rebuild_days.add(day)
     if misplaced:
         scan.add(
             "problem",
@@ -259,7 +293,7 @@ def _check_current_file(scan: _Scan, paths: LakePaths, day: date, path: Path) ->
 def _check_open_file(scan: _Scan, paths: LakePaths, path: Path) -> None:
     rel = relative(paths, path)
     misplaced = 0
-    for table in _read_file(scan, paths, path, _OPEN_SCHEMA):
+    for table in _read_file(scan, paths, path, _OPEN_SCHEMA, folded=True):
         at = _micros(table.column("requested_at")) // _DAY_US
         day = np.asarray(
             table.column(CURRENT_PARTITION).cast(pa.int32()).to_numpy(zero_copy_only=False)
@@ -524,6 +558,7 @@ def _scan_files(files: Iterable[Path], hive: dict[str, Any] | None = None) -> pl
         hive_partitioning=hive is not None,
         hive_schema=hive,
         glob=False,
+        extra_columns="ignore",  # a folded file's gateway flag
     )
 
 

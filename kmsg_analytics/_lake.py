@@ -12,6 +12,13 @@ batches, folded files and merges in process; another Ibis backend writes every f
 ``bulk()`` holds the automatic folds back until a bulk load ends. Reads: the compacted
 current state, anti-joined with the few snapshots newer than the watermark, which are
 kept decoded in memory between queries.
+
+Folded files (format 2) carry one derived column beside the lake's: ``has_gateway_id``
+(:data:`~kmsg_analytics._schema.CURRENT_SCHEMA`), so that metrics count whether the
+gateway accepted a message without decoding every gateway id. :meth:`current` gives it
+(read where a file has it, computed from ``provider_message_id`` elsewhere); record
+frames never show it. A format 1 lake keeps writing files without it until a full
+``compact()`` upgrades it.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 import polars as pl
@@ -60,12 +67,16 @@ from ._records import POLLABLE_STATUSES, RecordFilter, TrackingRecord
 from ._schema import (
     CURRENT_PARTITION,
     FORMAT_VERSION,
+    GATEWAY_FLAG,
+    POLARS_CURRENT_SCHEMA,
     POLARS_SCHEMA,
     SNAPSHOT_SCHEMA,
     SnapshotKind,
+    gateway_flag,
     record_to_row,
     records_to_table,
     rows_to_table,
+    with_gateway_flag,
 )
 from ._store import NumberStorage, RetriedReads
 
@@ -243,7 +254,9 @@ class ParquetTrackingStore(RetriedReads):
         self._cache_rows = pl.DataFrame(schema=POLARS_SCHEMA)
         self._cache_tail: list[pa.Table] = []  # our own batches, published but not decoded
         self._winners: tuple[_Scope, tuple[pl.DataFrame, list[date]]] | None = None
-        self._footers_ok: dict[str, tuple[int, int]] = {}
+        # footers read: (size, mtime) -> whether the file carries the gateway flag
+        self._footers_ok: dict[str, tuple[tuple[int, int], bool]] = {}
+        self._flags = True  # whether folds write the gateway flag (format 2; set per fold)
         self.init()
         _open_stores.add(self)
 
@@ -275,6 +288,7 @@ class ParquetTrackingStore(RetriedReads):
                     "hash_key_id": self.hash_key.key_id,
                     "created_at": datetime.now(UTC).isoformat(),
                     "datasets": {"history": "ingest_date", "current": "requested_date"},
+                    "current_extra_columns": [GATEWAY_FLAG],
                 }
                 write_json_atomic(self.paths.manifest, manifest, self.paths.staging)
             self._check_manifest(manifest)
@@ -574,35 +588,58 @@ class ParquetTrackingStore(RetriedReads):
                     out.append(part)
         return sorted(out)
 
-    def _scan_current(self, scope: tuple[date, ...] | None = None) -> pl.LazyFrame:
-        """The compacted current state; footers checked for the days in ``scope`` (or all)."""
+    def _scan_current(
+        self, scope: tuple[date, ...] | None = None, *, flag: bool = False
+    ) -> pl.LazyFrame:
+        """The compacted current state; footers checked for the days in ``scope`` (or all).
+
+        The lake's columns and ``requested_date``; with ``flag`` also :data:`GATEWAY_FLAG`
+        (after the lake's columns): read from the files that carry it (their footers
+        say so), computed from ``provider_message_id`` for the others (older files).
+        """
         files = self._current_files()
         if scope is None:
-            self._check_footers(files)
+            checked = files
         else:
             days = {f"{CURRENT_PARTITION}={d.isoformat()}" for d in scope}
-            self._check_footers([f for f in files if os.path.basename(os.path.dirname(f)) in days])
+            checked = [f for f in files if os.path.basename(os.path.dirname(f)) in days]
+        flagged = self._check_footers(checked)
+        if not flag:
+            if not files:
+                return pl.LazyFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
+            return _scan_current_files(files)
         if not files:
-            return pl.LazyFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
-        return _scan_current_files(files)
+            return pl.LazyFrame(schema=_FLAGGED_SCHEMA)
+        plain = [f for f in files if f not in flagged]
+        parts = [_scan_flagged_files([f for f in files if f in flagged])] if flagged else []
+        if plain:
+            parts.append(_flagged(_scan_current_files(plain)))
+        return parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical")
 
-    def _check_footers(self, files: Sequence[str]) -> None:
+    def _check_footers(self, files: Sequence[str]) -> set[str]:
         """Fail early, naming the file, when a file a query will read has no valid footer.
 
         Each file's footer is read once per (size, mtime); later calls cost one ``stat``.
+        Returns those of ``files`` that carry :data:`GATEWAY_FLAG` (as the footer says).
         """
+        flagged: set[str] = set()
         for name in files:
             try:
                 st = os.stat(name)
             except FileNotFoundError:
                 continue
             stamp = (st.st_size, st.st_mtime_ns)
-            if self._footers_ok.get(name) == stamp:
+            known = self._footers_ok.get(name)
+            if known is not None and known[0] == stamp:
+                if known[1]:
+                    flagged.add(name)
                 continue
             try:
                 from ._doctor import check_key_value_metadata
 
-                check_key_value_metadata(pq.read_metadata(name))
+                meta = pq.read_metadata(name)
+                check_key_value_metadata(meta)
+                has = _carries_flag(meta)
             except FileNotFoundError:
                 continue
             except Exception as err:
@@ -611,7 +648,10 @@ class ParquetTrackingStore(RetriedReads):
                 found = lake_read_error(self.paths.root, err, [Path(name)])
                 assert found is not None
                 raise found from err
-            self._footers_ok[name] = stamp
+            self._footers_ok[name] = (stamp, has)
+            if has:
+                flagged.add(name)
+        return flagged
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
@@ -728,10 +768,12 @@ class ParquetTrackingStore(RetriedReads):
     def current(self, flt: RecordFilter | None = None) -> pl.LazyFrame:
         """Current records (all columns plus ``requested_date``) as a lazy query.
 
-        With a requested-at window in ``flt`` only that window's files are read.
+        With a requested-at window in ``flt`` only that window's files are read. The
+        frame also has :data:`GATEWAY_FLAG` (what metrics count instead of decoding the
+        gateway ids); record frames (``list_records``, ``get``, exports) never show it.
         """
         scope = _window_days(flt)
-        base = self._scan_current(scope)
+        base = self._scan_current(scope, flag=True)
         found = self._delta(scope)
         if found is None:
             return base
@@ -741,7 +783,7 @@ class ParquetTrackingStore(RetriedReads):
         touched = base.filter(pl.col(CURRENT_PARTITION).is_in(days)).join(
             ids, on="message_id", how="anti"
         )
-        return pl.concat([untouched, touched, delta.lazy()], how="vertical_relaxed")
+        return pl.concat([untouched, touched, _flagged(delta.lazy())], how="vertical_relaxed")
 
     def _open(self) -> pl.LazyFrame:
         path = self.paths.open_file()
@@ -751,6 +793,7 @@ class ParquetTrackingStore(RetriedReads):
                 schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date},
                 glob=False,
                 missing_columns="insert",
+                extra_columns="ignore",
             )
         else:
             base = pl.LazyFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
@@ -874,7 +917,12 @@ class ParquetTrackingStore(RetriedReads):
         """Fold snapshots into the current state and merge small history files.
 
         History is kept: every snapshot stays in ``history/``; only files are merged.
-        Readers see either the old or the new files, never both, never half.
+        Readers see either the old or the new files, never both, never half. With
+        ``history`` (the default) a lake of the older format 1 is upgraded: its folded
+        files are rewritten once with the gateway flag
+        (:data:`~kmsg_analytics._schema.GATEWAY_FLAG`) and it becomes format 2. Until
+        then its folds write files as format 1 has them, so that every folded file of a
+        lake has the same columns.
         """
         started = time.perf_counter()
         with self._mutex, self._reading():
@@ -882,9 +930,12 @@ class ParquetTrackingStore(RetriedReads):
             with writer_lock(self.paths):
                 state = self._recover()
                 before = len(self.paths.history_files())
+                if history:  # an older lake's folded files all get the flag (see below)
+                    self._upgrade_manifest_locked()
                 rows, rewritten, state = self._fold_locked(state, progress)
                 if history:
                     self._merge_history_locked(state, progress)
+                    self._flag_folded_locked(progress)
                 after = len(self.paths.history_files())
             self._cache_w = -1
             self._winners = None
@@ -910,6 +961,7 @@ class ParquetTrackingStore(RetriedReads):
         files = [f for f in self.paths.history_files() if f.hi > w]
         if not files:
             return 0, 0, state
+        self._flags = _format_of(self.paths.manifest) >= _FLAG_FORMAT
         top = max(f.hi for f in files)
         delta = _scan_files([f.path for f in files]).filter(pl.col("seq") > w)
         per_day = (
@@ -945,7 +997,9 @@ class ParquetTrackingStore(RetriedReads):
         # the open set: untouched days keep their open rows, touched days bring theirs
         old_open = self.paths.open_file()
         kept = (
-            pl.read_parquet(old_open).filter(~pl.col(CURRENT_PARTITION).is_in(touched))
+            pl.read_parquet(old_open)
+            .select(*SNAPSHOT_SCHEMA.names, CURRENT_PARTITION)
+            .filter(~pl.col(CURRENT_PARTITION).is_in(touched))
             if old_open.exists()
             else None
         )
@@ -956,12 +1010,53 @@ class ParquetTrackingStore(RetriedReads):
             else pl.DataFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
         )
         staged = self.paths.staging_file()
-        self._to_parquet(open_table, staged)
+        self._to_parquet(self._folded(open_table.to_arrow()), staged, folded=True)
         os.replace(staged, old_open)
         fold_date = max(f.ingest_date for f in files).isoformat()
         state = {**state, "watermark": top, "fold_date": fold_date}
         self._write_state(state)
         return sum(written.values()), len(touched), state
+
+    def _flag_folded_locked(self, progress: Callable[[str], None] | None) -> int:
+        """Rewrite the folded files without :data:`GATEWAY_FLAG` with it (lock held).
+
+        Files of an older lake (format 1; the manifest says format 2 already), or rebuilt
+        by a tool that writes the lake's columns only; each is replaced by a rename.
+        Returns how many were rewritten.
+        """
+        targets = [Path(f) for f in self._current_files()]
+        if self.paths.open_file().exists():
+            targets.append(self.paths.open_file())
+        old = [p for p in targets if not _carries_flag(pq.read_metadata(p))]
+        for i, path in enumerate(old, 1):
+            if progress is not None:
+                where = path.relative_to(self.paths.root)
+                progress(f"adding the gateway flag to {where} ({i}/{len(old)})")
+            with pq.ParquetFile(path) as pf:  # the file alone: no hive column from its path
+                table = pf.read()
+            staged = self.paths.staging_file()
+            self._to_parquet(with_gateway_flag(table), staged, folded=True)
+            os.replace(staged, path)
+        return len(old)
+
+    def _upgrade_manifest_locked(self) -> None:
+        """Record in the manifest that folded files carry :data:`GATEWAY_FLAG` (lock held).
+
+        A lake of format 1 becomes format 2 before its first such file is written, so
+        that an older kmsg-analytics refuses it with a clear message instead of failing
+        on the extra column. Reads take the flag from the files that have it and compute
+        it for the others, so a lake stopped half way answers the same.
+        """
+        manifest = read_json(self.paths.manifest, {})
+        if manifest.get("format_version", FORMAT_VERSION) >= _FLAG_FORMAT:
+            return
+        extra = [*manifest.get("current_extra_columns", ()), GATEWAY_FLAG]
+        manifest = {
+            **manifest,
+            "format_version": FORMAT_VERSION,
+            "current_extra_columns": list(dict.fromkeys(extra)),
+        }
+        write_json_atomic(self.paths.manifest, manifest, self.paths.staging)
 
     def _current_rows(self, day: date) -> int:
         """Rows of a requested day's current file (from its footer; 0 when there is none)."""
@@ -1068,8 +1163,12 @@ class ParquetTrackingStore(RetriedReads):
         target = self.paths.current_file(day)
         target.parent.mkdir(exist_ok=True)
         staged = self.paths.staging_file()
-        self._to_parquet(rows, staged, folded=True)
+        self._to_parquet(self._folded(rows), staged, folded=True)
         os.replace(staged, target)
+
+    def _folded(self, rows: pa.Table) -> pa.Table:
+        """Folded rows as the lake's format writes them: with the gateway flag from format 2."""
+        return with_gateway_flag(rows) if self._flags else rows
 
     def _moved_locked(
         self, one_day: list[pl.DataFrame], many_days: list[pl.Series], delta: pl.LazyFrame, w: int
@@ -1272,15 +1371,63 @@ def _read_files(paths: list[Path]) -> pl.DataFrame:
 
 
 def _scan_current_files(files: Sequence[str]) -> pl.LazyFrame:
-    """Current files with their ``requested_date`` (read from the directory names)."""
+    """Current files with their ``requested_date`` (read from the directory names).
+
+    The lake's columns only: a file's :data:`GATEWAY_FLAG` is not read.
+    """
     return pl.scan_parquet(
         list(files),
         schema=POLARS_SCHEMA,
+        missing_columns="insert",
+        extra_columns="ignore",
+        hive_partitioning=True,
+        hive_schema=_HIVE,
+        glob=False,
+    )
+
+
+#: the columns of :meth:`ParquetTrackingStore.current`: the folded files' and the day
+_FLAGGED_SCHEMA: Final = pl.Schema([*POLARS_CURRENT_SCHEMA.items(), (CURRENT_PARTITION, pl.Date())])
+
+
+def _scan_flagged_files(files: Sequence[str]) -> pl.LazyFrame:
+    """Current files that carry :data:`GATEWAY_FLAG`, with it and their ``requested_date``."""
+    return pl.scan_parquet(
+        list(files),
+        schema=POLARS_CURRENT_SCHEMA,
         missing_columns="insert",
         hive_partitioning=True,
         hive_schema=_HIVE,
         glob=False,
     )
+
+
+def _flagged(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Rows of the lake's columns and ``requested_date`` with :data:`GATEWAY_FLAG` computed.
+
+    In the column order of :data:`_FLAGGED_SCHEMA` (the flag before the day).
+    """
+    return frame.with_columns(gateway_flag().alias(GATEWAY_FLAG)).select(_FLAGGED_SCHEMA.names())
+
+
+#: the lake format whose folded files carry :data:`GATEWAY_FLAG`
+_FLAG_FORMAT: Final = 2
+
+
+def _format_of(manifest: Path) -> int:
+    """The format version a lake's manifest states."""
+    version = read_json(manifest, {}).get("format_version", FORMAT_VERSION)
+    return version if isinstance(version, int) else FORMAT_VERSION
+
+
+def _carries_flag(meta: pq.FileMetaData) -> bool:
+    """Whether a file's footer declares a :data:`GATEWAY_FLAG` column of booleans."""
+    schema = meta.schema
+    for i in range(len(schema)):
+        column = schema.column(i)
+        if column.path == GATEWAY_FLAG:
+            return bool(column.physical_type == "BOOLEAN")
+    return False
 
 
 def _requested_span(path: Path) -> tuple[datetime, datetime] | None:

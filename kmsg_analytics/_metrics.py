@@ -31,7 +31,7 @@ import polars as pl
 
 from ._errors import InvalidRecordError
 from ._records import DELIVERY_STATUSES
-from ._schema import PRECEDENCE_OFFSET
+from ._schema import GATEWAY_FLAG, PRECEDENCE_OFFSET, gateway_flag
 
 if TYPE_CHECKING:
     import ibis.expr.types as ir
@@ -204,11 +204,15 @@ class StatusIs(Predicate):
 
 @dataclass(frozen=True)
 class HasGatewayId(Predicate):
-    """The gateway accepted the message: it has a non-empty ``provider_message_id``."""
+    """The gateway accepted the message: it has a non-empty ``provider_message_id``.
+
+    Lake scans of the folded state also carry this as a column (``has_gateway_id``):
+    :func:`polars_reduce` counts that column when the frame has it, so the gateway ids
+    themselves are not decoded.
+    """
 
     def polars(self) -> pl.Expr:
-        # the byte length, not a string comparison: the same answer, read faster
-        return (pl.col("provider_message_id").str.len_bytes() > 0).fill_null(False)
+        return gateway_flag()
 
     def ibis(self, table: ir.Table) -> ir.BooleanValue:
         return (table["provider_message_id"] != "").fill_null(False)
@@ -531,8 +535,10 @@ def polars_reduce(
         out = frame.group_by(groups).agg(pl.len().cast(pl.Int64).alias(WEIGHT))
     else:
         # the gateway-id flag is counted, not grouped by: one key column fewer in the
-        # pass over every record; each group then becomes a row per flag value
-        has = HasGatewayId().polars()
+        # pass over every record; each group then becomes a row per flag value. A lake
+        # scan carries the flag as a column: one bit read per record, no id decoded
+        stored = GATEWAY_FLAG in frame.collect_schema().names()
+        has = pl.col(GATEWAY_FLAG) if stored else HasGatewayId().polars()
         counted = frame.group_by(groups).agg(
             pl.len().cast(pl.Int64).alias(WEIGHT), has.sum().cast(pl.Int64).alias("__gw_n")
         )

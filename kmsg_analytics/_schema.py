@@ -18,11 +18,14 @@ from typing import Any, Final, Literal, overload
 import orjson
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ._records import TrackingError, TrackingRecord
 
 __all__ = [
+    "CURRENT_SCHEMA",
     "FORMAT_VERSION",
+    "GATEWAY_FLAG",
     "SNAPSHOT_SCHEMA",
     "SnapshotKind",
     "frame_to_records",
@@ -32,8 +35,10 @@ __all__ = [
     "rows_to_table",
 ]
 
-#: Bumped whenever the meaning or the columns of the lake change.
-FORMAT_VERSION: Final = 1
+#: Bumped whenever the meaning or the columns of the lake change. Version 2 adds the
+#: :data:`GATEWAY_FLAG` column to the folded state (``current/`` and ``open/`` files);
+#: a version 1 lake is read as it lies (the flag computed) and gets it as days are folded.
+FORMAT_VERSION: Final = 2
 
 #: Where a snapshot came from. A ``send`` snapshot never replaces a state that polling
 #: (or a load, or a patch) already reached: see :data:`PRECEDENCE_OFFSET`.
@@ -82,6 +87,59 @@ SNAPSHOT_SCHEMA: Final = pa.schema(
 
 #: The same columns as Polars dtypes (what scans are cast to).
 POLARS_SCHEMA: Final = pl.Schema(SNAPSHOT_SCHEMA)  # (an empty table would import pandas)
+
+#: Whether the gateway accepted the message (a non-empty ``provider_message_id``), kept
+#: beside the folded state so that counting it reads one bit per record instead of
+#: decoding every (unique) gateway id. Derived: never shown in record frames.
+GATEWAY_FLAG: Final = "has_gateway_id"
+
+#: The columns of the folded state's files (``current/`` and ``open/``): every snapshot
+#: column, then :data:`GATEWAY_FLAG`. History files keep :data:`SNAPSHOT_SCHEMA`.
+CURRENT_SCHEMA: Final = pa.schema(
+    [*SNAPSHOT_SCHEMA, pa.field(GATEWAY_FLAG, pa.bool_(), nullable=False)]
+)
+
+#: :data:`CURRENT_SCHEMA` as Polars dtypes.
+POLARS_CURRENT_SCHEMA: Final = pl.Schema(CURRENT_SCHEMA)
+
+
+def gateway_flag() -> pl.Expr:
+    """:data:`GATEWAY_FLAG` computed from ``provider_message_id`` (never null, unnamed).
+
+    Examples
+    --------
+    >>> pl.DataFrame({"provider_message_id": ["g1", "", None]}).select(
+    ...     gateway_flag()).to_series().to_list()
+    [True, False, False]
+    """
+    # the byte length, not a string comparison: the same answer, read faster
+    return (pl.col("provider_message_id").str.len_bytes() > 0).fill_null(False)
+
+
+def with_gateway_flag(table: pa.Table) -> pa.Table:
+    """``table`` (lake rows) with :data:`GATEWAY_FLAG` computed (replaced when present).
+
+    The flag goes right after the lake's columns (before ``requested_date`` in an open
+    set), as :data:`CURRENT_SCHEMA` orders it.
+
+    Examples
+    --------
+    >>> t = pa.table({"provider_message_id": ["g1", "", None], "retention_bucket_ym": [1] * 3,
+    ...               "requested_date": [None] * 3})
+    >>> out = with_gateway_flag(t)
+    >>> out.column_names
+    ['provider_message_id', 'retention_bucket_ym', 'has_gateway_id', 'requested_date']
+    >>> out.column(GATEWAY_FLAG).to_pylist()
+    [True, False, False]
+    """
+    if GATEWAY_FLAG in table.column_names:
+        table = table.drop_columns([GATEWAY_FLAG])
+    ids = table.column("provider_message_id")
+    flag = pc.fill_null(pc.greater(pc.binary_length(ids), 0), False)
+    last = table.schema.get_field_index(SNAPSHOT_SCHEMA.names[-1])
+    at = last + 1 if last >= 0 else table.num_columns
+    return table.add_column(at, CURRENT_SCHEMA.field(GATEWAY_FLAG), flag)
+
 
 #: The columns of a record, in the order of the frames ``list_records`` returns.
 #: Every field of a record (what ``get_record`` reads), envelopes of sealed numbers included.

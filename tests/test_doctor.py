@@ -23,6 +23,7 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -215,6 +216,19 @@ def test_a_row_in_the_wrong_partition(lake: Path) -> None:
     moved = pq.read_table(first).slice(0, 1)
     pq.write_table(pa.concat_tables([pq.read_table(second), moved]), second)
     check_then_repair(lake, {"partition", "duplicate-message"}, "requested on other days")
+    assert answers(lake) == before
+    assert check_lake(lake, hash_key=KEY).ok
+
+
+def test_a_wrong_gateway_flag(lake: Path) -> None:
+    before = answers(lake)
+    path = current_files(lake)[0]
+    with pq.ParquetFile(path) as pf:
+        table = pf.read()
+    i = table.schema.get_field_index("has_gateway_id")
+    flipped = pc.invert(table.column(i))  # what a rate of accepted messages counts
+    pq.write_table(table.set_column(i, table.schema.field(i), flipped), path)
+    check_then_repair(lake, {"gateway-flag"}, "disagrees with their provider_message_id")
     assert answers(lake) == before
     assert check_lake(lake, hash_key=KEY).ok
 

@@ -33,7 +33,7 @@ from kmsg_analytics import (
     ParquetTrackingStore,
     RecordFilter,
 )
-from kmsg_analytics._schema import FORMAT_VERSION, POLARS_SCHEMA, RECORD_COLUMNS
+from kmsg_analytics._schema import CURRENT_SCHEMA, FORMAT_VERSION, POLARS_SCHEMA, RECORD_COLUMNS
 from tests import _helpers
 from tests._helpers import Gateway
 
@@ -42,6 +42,7 @@ BASE = datetime(2026, 11, 1, 1, 0, tzinfo=UTC)
 DAYS = [(BASE + timedelta(days=d)).date() for d in range(4)]
 NUMBER = _helpers.NUMBER
 SCHEMA_COLUMNS = [(f.name, f.type) for f in SNAPSHOT_SCHEMA]
+CURRENT_COLUMNS = [(f.name, f.type) for f in CURRENT_SCHEMA]
 TOP_LEVEL = {"history", "current", "open", "_staging", "_wal", "_lake.json", "_state.json", "_lock"}
 
 
@@ -223,11 +224,14 @@ def test_every_file_has_the_snapshot_columns(
     for path in before:
         assert columns_of(path) == SCHEMA_COLUMNS, path
     store.compact()
-    for path in parquet_files(lake_dir / "history") + parquet_files(lake_dir / "current"):
+    for path in parquet_files(lake_dir / "history"):
         assert columns_of(path) == SCHEMA_COLUMNS, path
+    # the folded state adds the gateway flag after the snapshot columns (CURRENT_SCHEMA)
+    for path in parquet_files(lake_dir / "current"):
+        assert columns_of(path) == CURRENT_COLUMNS, path
     # open/ is not hive-partitioned, so it carries its requested_date as a column
     assert columns_of(lake_dir / "open" / "part-0.parquet") == [
-        *SCHEMA_COLUMNS,
+        *CURRENT_COLUMNS,
         ("requested_date", pa.date32()),
     ]
 
@@ -386,7 +390,7 @@ def _check_window(
     scan = pl.scan_parquet(
         lake_dir / "current" / "**" / "*.parquet",
         hive_partitioning=True,
-        schema=POLARS_SCHEMA,
+        schema=pl.Schema(CURRENT_SCHEMA),  # the folded state's columns: the lake's and the flag
         hive_schema={"requested_date": pl.Date},
     )
     assert scan.filter(pl.col("requested_date") == day).collect().height == in_window.height
