@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/bench_analytics.py --n 1000000 [--k 5] [--work DIR [--reuse]] [--out r.json]
     python benchmarks/bench_analytics.py --lake /tmp/scale/n10m/lake [--k 3] [--out r.json]
+    python benchmarks/bench_analytics.py --lake /tmp/scale/n10m/lake --only latency
 
 Builds a compacted lake of ``--n`` synthetic messages over 90 days
 (:func:`kmsg_analytics._synthetic.synthetic_records`, loaded in chunks through
@@ -353,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--ops", default="summary,series,latency,report", help="comma-separated operations"
     )
+    p.add_argument(
+        "--only", choices=sorted(TARGETS), help="run only this operation (instead of --ops)"
+    )
     p.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = p.parse_args(args_in)
 
@@ -374,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch.mkdir(exist_ok=True)
     rows = []
     try:
-        for op in args.ops.split(","):
+        for op in [args.only] if args.only else args.ops.split(","):
             k = args.k
             ours_runs = [run_op(op, "ours", lake, k, scratch)]
             if op == "report":  # one run per process: the report is its own warm-up

@@ -27,7 +27,8 @@ Time conventions:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -74,13 +75,11 @@ from ._analytics_failures import (
 )
 from ._analytics_history import durations_tables, maturity_counts, status_path
 from ._analytics_latency import (
+    GROUP,
     SEGMENTS,
-    _km_curve,
-    _km_steps,
-    _km_summary,
+    LatencyCounts,
     _latency_counts,
-    _naive_latency,
-    split_counts,
+    latency_tables,
 )
 from ._analytics_results import (
     Comparison,
@@ -511,34 +510,16 @@ class DeliveryAnalytics:
         flt = RecordFilter(
             requested_at_from=s, requested_at_to=e, provider_id=provider_id, type=type
         )
-        base = self._current(flt, at).select(
-            *by_cols,
-            "status",
-            "requested_at",
-            "sent_at",
-            "delivered_at",
-            "failed_at",
-            "status_updated_at",
-        )
+        times = ["requested_at", "sent_at", "delivered_at", "failed_at", "status_updated_at"]
+        base = self._current(flt, at).select(*dict.fromkeys([*by_cols, "status", *times]))
         # one narrow streaming pass: messages per (group, three gaps, time to delivery,
         # delivered); everything after it runs on that small table of counts
-        counted = _latency_counts_packed(base, by_cols, moment, res)
-        segment_counts, km_counts = (
-            counted if counted is not None else _latency_counts(base, by_cols, moment, res)
-        )
-        naive = _naive_latency(segment_counts, by_cols)
-        steps = _km_steps(km_counts, by_cols)
-        km = _km_summary(steps, by_cols)
-        order = {name: i for i, name in enumerate(SEGMENTS)}
-        table = (
-            pl.concat([naive, km], how="vertical_relaxed")
-            .with_columns(
-                pl.col("segment").replace_strict(order, return_dtype=pl.Int32).alias("__o")
-            )
-            .sort([*by_cols, "__o", "method"], nulls_last=True)
-            .drop("__o")
-        )
-        return LatencyReport(table, _km_curve(steps, by_cols), moment, s, e, at)
+        packed = _latency_counts_packed(base, by_cols, moment, res)
+        tables = None if packed is None else latency_tables(packed, by_cols)
+        if tables is None:
+            tables = latency_tables(_latency_counts(base, by_cols, moment, res), by_cols)
+        assert tables is not None  # the general counts number their groups one by one
+        return LatencyReport(*tables, moment, s, e, at)
 
     # ------------------------------------------------------------------ 5. failures
 
@@ -1165,7 +1146,7 @@ _CODE_LOW: Final = 10  # the code's bits kept in the second key
 
 def _latency_counts_packed(
     base: pl.LazyFrame, by: Sequence[str], now: datetime, res: int
-) -> tuple[list[pl.DataFrame], pl.DataFrame] | None:
+) -> LatencyCounts | None:
     """What :func:`_latency_counts` gives, from a pass grouped by two ``Int64`` keys.
 
     The pass reads the timestamps as integer microseconds and packs each floored
@@ -1173,11 +1154,13 @@ def _latency_counts_packed(
     first key holds two segment gaps, the second the third gap, the time to delivery
     and the event flag, and both share the bits of a 21-bit hash of the ``by`` values.
     Two integer keys group several times faster than string keys and five duration
-    keys. The hash is checked to tell apart every ``by`` value the window holds (a
-    small pass over the ``by`` columns).
+    keys. The hash numbers the groups of the answer; a small pass over the ``by``
+    columns, run in the background, finds the values of each number and checks that
+    it tells apart every ``by`` value the window holds (``groups()`` is ``None`` if not).
+    After the pass everything is grouped by one ``Int64`` key (group and one duration).
 
-    ``None`` (count the general way) when ``res`` is under a second, a duration does
-    not fit or two groups share a hash.
+    ``None`` (count the general way) when ``res`` is under a second or a duration does
+    not fit.
     """
     if res < 1_000_000:
         return None
@@ -1195,24 +1178,32 @@ def _latency_counts_packed(
         .then(pl.coalesce(us("failed_at"), us("status_updated_at")))
         .otherwise(us("status_updated_at"))
     )
+    # one clip instead of two: a gap of (_CAP - 1) units or more packs as _CAP
+    top = (_CAP - 1) * res if (_CAP - 1) * res < 1 << 62 else 1 << 62
 
     def field(start: pl.Expr, stop: pl.Expr) -> pl.Expr:
-        q = (stop - start).clip(lower_bound=0) // res + 1
-        return q.clip(upper_bound=_CAP).fill_null(0)
+        return ((stop - start).clip(0, top) // res + 1).fill_null(0)
 
     f0, f1, f2 = (field(us(a), us(b)) for a, b in SEGMENTS.values())
     ft = field(us("requested_at"), end_t)
     ev = (st == "DELIVERED").fill_null(False).cast(pl.Int64)
     k1 = f0 * (1 << _BITS) + f1  # 52 bits
     k2 = (f2 * (1 << _BITS) + ft) * 2 + ev  # 53 bits
-    groups = None
+    groups: Callable[[], pl.DataFrame | None]
     if by:
         code = _by_code(by)
-        groups = base.select(by).unique().collect().with_columns(code.alias("__code"))
-        if groups.get_column("__code").n_unique() < groups.height:
-            return None  # two groups share a hash: count them apart the general way
         k1 = (code // (1 << _CODE_LOW)) * (1 << (2 * _BITS)) + k1
         k2 = (code % (1 << _CODE_LOW)) * (1 << (2 * _BITS + 1)) + k2
+        # the by values, numbered by their hash, in the background: the main pass and the
+        # one-threaded work after it (latency_tables) leave room for this small pass
+        pool = ThreadPoolExecutor(1)
+        try:
+            groups = pool.submit(_numbered_groups, base, by).result
+        finally:
+            pool.shutdown(wait=False)  # the pass runs on; ``groups()`` waits for it
+    else:
+        one = pl.DataFrame({GROUP: [0]}, schema={GROUP: pl.Int64})
+        groups = lambda: one  # noqa: E731
     reduced = (
         base.select(k1.alias("__k1"), k2.alias("__k2"))
         .group_by("__k1", "__k2")
@@ -1225,21 +1216,45 @@ def _latency_counts_packed(
     if reduced.select(pl.any_horizontal(p == _CAP for p in parts).any()).item():
         return None  # a duration too long to pack
 
-    def unpack(part: pl.Expr) -> pl.Expr:
-        return pl.when(part > 0).then((part - 1) * res)
-
-    gaps = [f"__d{i}" for i in range(len(SEGMENTS))]
-    reduced = reduced.with_columns(
-        *(unpack(p).alias(g) for p, g in zip(parts[:3], gaps, strict=True)),
-        unpack(parts[3]).alias("t"),
-        (lo % 2 == 1).alias("ev"),
-    )
-    if groups is not None:
-        code_of = hi // (1 << (2 * _BITS)) * (1 << _CODE_LOW) + lo // (1 << (2 * _BITS + 1))
-        reduced = reduced.with_columns(code_of.alias("__code")).join(
-            groups, on="__code", how="left"
+    # per segment and for the time to delivery: one Int64 key, the group's code atop
+    # the packed duration (a missing time past every other), so one sort orders both
+    code_of = hi // (1 << (2 * _BITS)) * (1 << _CODE_LOW) + lo // (1 << (2 * _BITS + 1))
+    c = pl.col("c")
+    frame = reduced.lazy()
+    segments = [
+        frame.filter(part > 0)
+        .group_by((code_of * mask + part - 1).alias("__k"))
+        .agg(c.sum())
+        .sort("__k")
+        .select((pl.col("__k") // mask).alias(GROUP), (pl.col("__k") % mask * res).alias("d"), "c")
+        for part in parts[:3]
+    ]
+    ft, events = parts[3], pl.col("events")
+    km = (
+        frame.select(
+            (code_of * mask + pl.when(ft > 0).then(ft - 1).otherwise(_CAP)).alias("__k"),
+            (c * (lo % 2)).alias("events"),  # plain sums group faster than filtered ones
+            c,
         )
-    return split_counts(reduced, by, gaps)
+        .group_by("__k")
+        .agg(events.sum(), c.sum())
+        .sort("__k")
+        .select(
+            (pl.col("__k") // mask).alias(GROUP),
+            pl.when(pl.col("__k") % mask < _CAP).then(pl.col("__k") % mask * res).alias("t"),
+            events,
+            (c - events).alias("censored"),
+        )
+    )
+    return LatencyCounts(segments, km, groups)
+
+
+def _numbered_groups(base: pl.LazyFrame, by: Sequence[str]) -> pl.DataFrame | None:
+    """The ``by`` values of ``base`` numbered by :func:`_by_code`; ``None`` if two share one."""
+    groups = base.select(by).unique().collect().with_columns(_by_code(by).alias(GROUP))
+    if groups.get_column(GROUP).n_unique() < groups.height:
+        return None  # two groups share a hash: count them apart the general way
+    return groups
 
 
 def _by_code(by: Sequence[str]) -> pl.Expr:

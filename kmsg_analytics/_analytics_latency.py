@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
@@ -11,7 +13,7 @@ import polars as pl
 from ._analytics_common import _over
 from ._records import POLLABLE_STATUSES
 
-__all__ = ["PERCENTILES", "SEGMENTS", "WITHIN"]
+__all__ = ["GROUP", "PERCENTILES", "SEGMENTS", "WITHIN", "LatencyCounts"]
 
 #: Latency segments: name -> (from column, to column).
 SEGMENTS: Final = {
@@ -27,6 +29,10 @@ PERCENTILES: Final = (500, 900, 950, 990)
 WITHIN: Final = (("10s", 10), ("1m", 60), ("5m", 300))
 
 _EPS: Final = 1e-9
+#: Seconds per microsecond. Percentiles are ``us * 1e-6`` (what an eager ``agg`` of
+#: ``us / 1e6`` computes): at whole seconds the same as ``us / 1e6``, under a second it
+#: can differ from it in the last bit, and the answers keep the values they always had.
+_PER_US: Final = 1e-6
 _CURVE_POINTS: Final = 1_000
 
 
@@ -34,23 +40,81 @@ def _floor(us: pl.Expr, res: int) -> pl.Expr:
     return us if res <= 1 else (us // res) * res
 
 
-def _naive_latency(counts: Sequence[pl.DataFrame], by: Sequence[str]) -> pl.DataFrame:
+#: The column numbering the groups in :class:`LatencyCounts` (``Int64``).
+GROUP: Final = "__g"
+
+
+@dataclass(frozen=True)
+class LatencyCounts:
+    """Messages counted per group and duration: all the latency answers need.
+
+    ``segments``: per segment of :data:`SEGMENTS`, messages (``c``) per group and
+    (floored) duration ``d`` in microseconds, only messages that have both times,
+    sorted by group and ``d``. ``km``: per group and time to delivery ``t`` (null when
+    a time is missing), the ``events`` (delivered) and ``censored`` messages, sorted by
+    group and ``t`` (nulls last). Groups are numbered (:data:`GROUP`); ``groups()``
+    gives the ``by`` values of each number (``by`` empty: the one group 0), or ``None``
+    when the numbering turned out not to tell two groups apart (count them again the
+    general way). It may still be computing in the background until called.
+    """
+
+    segments: list[pl.LazyFrame]
+    km: pl.LazyFrame
+    groups: Callable[[], pl.DataFrame | None]
+
+
+def with_by(frame: pl.DataFrame, by: Sequence[str], groups: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with the ``by`` columns of its groups first instead of their numbers."""
+    if by:
+        frame = frame.join(groups, on=GROUP, how="left")
+    return frame.select(*by, pl.exclude(GROUP, *by))
+
+
+def latency_tables(
+    counts: LatencyCounts, by: Sequence[str]
+) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+    """The latency table (naive percentiles, then Kaplan-Meier) and the Kaplan-Meier curve.
+
+    Everything runs on the group numbers (integer keys) and the ``by`` values are joined
+    to the few result rows at the end; the naive and the Kaplan-Meier parts (each mostly
+    one-threaded work on a few hundred thousand rows) run side by side in two threads.
+    ``None`` when ``counts.groups()`` is.
+    """
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(_naive_latency(counts.segments).collect)
+        steps = _km_steps(counts.km, [GROUP]).collect().lazy()
+        summary, curve = pl.collect_all([_km_summary(steps, [GROUP]), _km_curve(steps, [GROUP])])
+        naive = pending.result()
+    groups = counts.groups()
+    if groups is None:
+        return None
+    order = {name: i for i, name in enumerate(SEGMENTS)}
+    table = (
+        pl.concat(
+            [with_by(naive, by, groups), with_by(summary, by, groups)], how="vertical_relaxed"
+        )
+        .with_columns(pl.col("segment").replace_strict(order, return_dtype=pl.Int32).alias("__o"))
+        .sort([*by, "__o", "method"], nulls_last=True)
+        .drop("__o")
+    )
+    return table, with_by(curve, by, groups).sort([*by, "t_s"], nulls_last=True)
+
+
+def _naive_latency(segments: Sequence[pl.LazyFrame]) -> pl.LazyFrame:
     """Percentiles of finished messages from counts per duration: no sort of the messages.
 
     Sorted within its group, a cumulative count finds the ceil(n*p)-th smallest
     duration: the inverted-CDF percentile, exactly what sorting the messages would give.
     """
-    keys = [*by, "segment"]
     d, c, n = pl.col("d"), pl.col("c"), pl.col("c").sum()
-    # per group: durations in order and the running count of messages up to each
-    cum = c.sort_by("d").cum_sum()
+    cum = c.cum_sum()  # the frames come sorted by group, then duration
     aggs = [
         pl.lit("finished_only").alias("method"),
         n.cast(pl.Int64).alias("n"),
         n.cast(pl.Int64).alias("events"),
         pl.lit(0, pl.Int64).alias("censored"),
         *(
-            (d.sort().filter(cum >= (n * p + 999) // 1000).min() / 1e6).alias(f"p{p // 10}_s")
+            (d.filter(cum >= (n * p + 999) // 1000).min() * _PER_US).alias(f"p{p // 10}_s")
             for p in PERCENTILES
         ),
         *(
@@ -60,8 +124,10 @@ def _naive_latency(counts: Sequence[pl.DataFrame], by: Sequence[str]) -> pl.Data
     ]
     return pl.concat(
         [
-            frame.with_columns(pl.lit(name).alias("segment")).group_by(keys).agg(aggs)
-            for name, frame in zip(SEGMENTS, counts, strict=True)
+            frame.group_by(GROUP, maintain_order=True)
+            .agg(aggs)
+            .select(GROUP, pl.lit(name).alias("segment"), pl.exclude(GROUP))
+            for name, frame in zip(SEGMENTS, segments, strict=True)
         ],
         how="vertical_relaxed",
     )
@@ -69,7 +135,7 @@ def _naive_latency(counts: Sequence[pl.DataFrame], by: Sequence[str]) -> pl.Data
 
 def _latency_counts(
     base: pl.LazyFrame, by: Sequence[str], now: datetime, res: int
-) -> tuple[list[pl.DataFrame], pl.DataFrame]:
+) -> LatencyCounts:
     """Counts per (floored) duration of each segment, and Kaplan-Meier counts per time.
 
     One pass reduces the records to messages per group and combination of the three
@@ -100,46 +166,61 @@ def _latency_counts(
         .agg(pl.len().cast(pl.Int64).alias("c"))
         .collect(engine="streaming")
     )
-    return split_counts(reduced, by, gaps)
+    if by:
+        groups = (
+            reduced.select(by)
+            .unique()
+            .with_row_index(GROUP)
+            .with_columns(pl.col(GROUP).cast(pl.Int64))
+        )
+        reduced = reduced.join(groups, on=list(by), how="left", nulls_equal=True).drop(by)
+    else:
+        groups = pl.DataFrame({GROUP: [0]}, schema={GROUP: pl.Int64})
+        reduced = reduced.with_columns(pl.lit(0, pl.Int64).alias(GROUP))
+    return split_counts(reduced.lazy(), gaps, groups)
 
 
-def split_counts(
-    reduced: pl.DataFrame, by: Sequence[str], gaps: Sequence[str]
-) -> tuple[list[pl.DataFrame], pl.DataFrame]:
-    """Per segment ``(by, d, c)`` and the Kaplan-Meier ``(by, t, events, censored)`` counts.
+def split_counts(reduced: pl.LazyFrame, gaps: Sequence[str], groups: pl.DataFrame) -> LatencyCounts:
+    """Per segment ``(group, d, c)`` and the Kaplan-Meier ``(group, t, events, censored)``.
 
-    ``reduced`` holds messages counted (``c``) per ``by``, gap columns, ``t`` and ``ev``.
+    ``reduced`` holds messages counted (``c``) per group number (:data:`GROUP`), gap
+    columns (durations in microseconds, null when a time is missing), ``t`` and ``ev``.
     """
     c = pl.col("c")
     segments = [
         reduced.filter(pl.col(g).is_not_null())
-        .group_by([*by, g])
+        .group_by(GROUP, g)
         .agg(c.sum().cast(pl.Int64))
-        .rename({g: "d"})
+        .select(GROUP, pl.col(g).alias("d"), "c")
+        .sort(GROUP, "d")
         for g in gaps
     ]
-    km = reduced.group_by([*by, "t"]).agg(
-        c.filter(pl.col("ev")).sum().cast(pl.Int64).alias("events"),
-        c.filter(~pl.col("ev")).sum().cast(pl.Int64).alias("censored"),
+    ev = pl.col("ev")
+    km = (
+        reduced.group_by(GROUP, "t")
+        .agg(
+            c.filter(ev).sum().cast(pl.Int64).alias("events"),
+            c.filter(~ev).sum().cast(pl.Int64).alias("censored"),
+        )
+        .sort(GROUP, "t", nulls_last=True)
     )
-    return segments, km
+    return LatencyCounts(segments, km, lambda: groups)
 
 
-def _km_steps(counts: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
-    """The Kaplan-Meier curve: at risk and survival at each distinct time, per group."""
+def _km_steps(counts: pl.LazyFrame, by: Sequence[str]) -> pl.LazyFrame:
+    """The Kaplan-Meier curve: at risk and survival at each distinct time, per group.
+
+    ``counts`` comes sorted by group, then ``t`` (nulls last), as in :class:`LatencyCounts`.
+    """
     removed = pl.col("events") + pl.col("censored")
-    return (
-        counts.sort([*by, "t"], nulls_last=True)
-        .with_columns(
-            (_over(removed.sum(), by) - _over(removed.cum_sum(), by) + removed).alias("at_risk")
-        )
-        .with_columns(
-            _over((1.0 - pl.col("events") / pl.col("at_risk")).cum_prod(), by).alias("survival")
-        )
+    return counts.with_columns(
+        (_over(removed.sum(), by) - _over(removed.cum_sum(), by) + removed).alias("at_risk")
+    ).with_columns(
+        _over((1.0 - pl.col("events") / pl.col("at_risk")).cum_prod(), by).alias("survival")
     )
 
 
-def _km_summary(steps: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
+def _km_summary(steps: pl.LazyFrame, by: Sequence[str]) -> pl.LazyFrame:
     t, surv = pl.col("t"), pl.col("survival")
     aggs = [
         pl.lit("requested_to_delivered").alias("segment"),
@@ -148,7 +229,7 @@ def _km_summary(steps: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
         pl.col("events").sum().cast(pl.Int64).alias("events"),
         pl.col("censored").sum().cast(pl.Int64).alias("censored"),
         *(
-            (t.filter(surv <= 1.0 - p / 1000 + _EPS).min() / 1e6).alias(f"p{p // 10}_s")
+            (t.filter(surv <= 1.0 - p / 1000 + _EPS).min() * _PER_US).alias(f"p{p // 10}_s")
             for p in PERCENTILES
         ),
         *(
@@ -158,12 +239,10 @@ def _km_summary(steps: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
             for lab, sec in WITHIN
         ),
     ]
-    if not by:
-        return steps.select(aggs) if steps.height else steps.select(aggs).clear()
     return steps.group_by(list(by), maintain_order=True).agg(aggs)
 
 
-def _km_curve(steps: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
+def _km_curve(steps: pl.LazyFrame, by: Sequence[str]) -> pl.LazyFrame:
     share = (1.0 - pl.col("survival")) * 100.0
     level = (share * 10.0).floor()
     last = pl.int_range(pl.len()) == pl.len() - 1

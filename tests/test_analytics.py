@@ -436,7 +436,7 @@ def test_rates_empty_buckets_are_zero_rows() -> None:
 @SETTINGS
 @given(
     msgs=scenarios(),
-    by=st.sampled_from([(), ("type",), ("provider_id", "type")]),
+    by=st.sampled_from([(), ("type",), ("provider_id", "type"), ("status",)]),
     now_s=st.integers(0, 5 * 86_400),
     res=st.sampled_from([None, "1s", "1m"]),
 )
@@ -1280,20 +1280,57 @@ def test_packed_latency_counts_equal_the_general_ones(
     base: pl.LazyFrame, by: tuple[str, ...], now_s: int, res_s: int
 ) -> None:
     from kmsg_analytics._analytics import _latency_counts_packed
-    from kmsg_analytics._analytics_latency import _latency_counts
+    from kmsg_analytics._analytics_latency import GROUP, _latency_counts, with_by
 
     now = T0 + timedelta(seconds=now_s, microseconds=now_s % 7)
     res = res_s * 1_000_000
     packed = _latency_counts_packed(base, list(by), now, res)
     assert packed is not None
     general = _latency_counts(base, list(by), now, res)
-    for got, want in zip([*packed[0], packed[1]], [*general[0], general[1]], strict=True):
+    packed_groups, general_groups = packed.groups(), general.groups()
+    assert packed_groups is not None
+    assert general_groups is not None
+    pairs = zip([*packed.segments, packed.km], [*general.segments, general.km], strict=True)
+    for got_lazy, want_lazy in pairs:  # the same counts per by values (group numbers differ)
+        got_numbered, want_numbered = got_lazy.collect(), want_lazy.collect()
+        for frame in (got_numbered, want_numbered):  # sorted by group, then duration
+            order = [GROUP, "d" if "d" in frame.columns else "t"]
+            assert frame.equals(frame.sort(order, nulls_last=True))
+        got = with_by(got_numbered, by, packed_groups)
+        want = with_by(want_numbered, by, general_groups)
         keys = [c for c in want.columns if c not in ("c", "events", "censored")]
-        assert (
-            got.select(want.columns)
-            .sort(keys, nulls_last=True)
-            .equals(want.sort(keys, nulls_last=True))
+        assert got.sort(keys, nulls_last=True).equals(want.sort(keys, nulls_last=True))
+        assert got.height == want.select(keys).unique().height  # one row per key
+
+
+def test_latency_counts_groups_apart_when_their_hashes_collide() -> None:
+    from kmsg_analytics._analytics import _by_code, _numbered_groups
+
+    codes = pl.DataFrame({"provider_status_code": [f"E{i}" for i in range(8_000)]})
+    hashed = codes.with_columns(_by_code(["provider_status_code"]).alias("h"))
+    a, b = (
+        hashed.filter(pl.col("h").is_duplicated())
+        .sort("h", "provider_status_code")
+        .head(2)["provider_status_code"]
+    )
+    msgs = [
+        Msg(
+            f"m{i}",
+            "solapi",
+            "SMS",
+            START + timedelta(seconds=i),
+            updates=[Update(60 + i, "DELIVERED", code, sent_s=2, delivered_s=5 + i)],
         )
+        for i, code in enumerate([a, b, a, "4000"])
+    ]
+    an, model = memory_analytics(msgs)
+    base = an.records(START, END).select("provider_status_code")
+    assert _numbered_groups(base, ["provider_status_code"]) is None  # a and b share a hash
+    now = START + timedelta(hours=1)
+    report = an.latency(START, END, by="provider_status_code", now=now)
+    by = ("provider_status_code",)
+    assert_rows(report.table, model.latency(model.window(START, END), by, now, 1_000_000))
+    assert report.table.get_column("provider_status_code").n_unique() == 3
 
 
 def test_packed_latency_counts_give_way_to_durations_too_long_to_pack() -> None:
