@@ -130,6 +130,23 @@ _T = TypeVar("_T")
 _Scope = tuple[tuple[date, ...] | None, bool]
 
 
+@dataclass(frozen=True)
+class _Merge:
+    """What the snapshots past the watermark change in ``current/``.
+
+    ``last`` is the current state of every message they touch; ``replaced`` the ``seq``
+    of each row of ``current/`` that one of those messages had on the ``days`` looked
+    at (rows are unique by ``seq``); ``days`` the requested days of both. Rows of
+    ``current/`` past the ``watermark`` are replaced too: a fold in progress, or one that
+    died, wrote them, and ``last`` holds their snapshots.
+    """
+
+    last: pl.DataFrame
+    days: list[date]
+    replaced: pl.Series
+    watermark: int
+
+
 @dataclass(frozen=True, slots=True)
 class CompactionReport:
     """What :meth:`ParquetTrackingStore.compact` did."""
@@ -242,7 +259,7 @@ class ParquetTrackingStore(RetriedReads):
         self._cache_files: set[Path] = set()
         self._cache_rows = pl.DataFrame(schema=POLARS_SCHEMA)
         self._cache_tail: list[pa.Table] = []  # our own batches, published but not decoded
-        self._winners: tuple[_Scope, tuple[pl.DataFrame, list[date]]] | None = None
+        self._winners: tuple[_Scope, _Merge] | None = None
         self._footers_ok: dict[str, tuple[int, int]] = {}
         self.init()
         _open_stores.add(self)
@@ -672,9 +689,7 @@ class ParquetTrackingStore(RetriedReads):
             rows = pl.concat([rows, pending], how="vertical")
         return w, rows
 
-    def _delta(
-        self, scope: tuple[date, ...] | None, *, beyond: bool = False
-    ) -> tuple[pl.DataFrame, list[date]] | None:
+    def _delta(self, scope: tuple[date, ...] | None, *, beyond: bool = False) -> _Merge | None:
         """Current state of every message changed past the watermark, and the days to patch.
 
         Messages (re-)entered by a send, load or patch may already have a row in
@@ -684,21 +699,32 @@ class ParquetTrackingStore(RetriedReads):
         with ``beyond``, ids not found in ``scope`` are then looked up on the other days.
         """
         with self._mutex:
-            _w, rows = self._refresh()
+            w, rows = self._refresh()
             if rows.is_empty():
                 return None
             if self._bulk_depth:
-                return self._resolve(rows, scope, beyond=beyond)
+                return self._resolve(rows, w, scope, beyond=beyond)
             if self._winners is None or self._winners[0] != (scope, beyond):
-                self._winners = ((scope, beyond), self._resolve(rows, scope, beyond=beyond))
+                self._winners = ((scope, beyond), self._resolve(rows, w, scope, beyond=beyond))
             return self._winners[1]
 
     def _resolve(
-        self, rows: pl.DataFrame, scope: tuple[date, ...] | None, *, beyond: bool = False
-    ) -> tuple[pl.DataFrame, list[date]]:
-        entered = (
-            rows.filter(pl.col("snapshot_kind").is_in(_ENTRY_KINDS)).select("message_id").unique()
-        )
+        self, rows: pl.DataFrame, w: int, scope: tuple[date, ...] | None, *, beyond: bool = False
+    ) -> _Merge:
+        """The rows past the watermark merged with the rows of ``current/`` they replace.
+
+        A message only polled since the last fold was, as a rule, open then: its row is
+        read from ``open/`` (small), not found by id among the rows of every day the
+        polls touch. Messages (re)entered by a send, load or patch, and polled ones that
+        were not open, are looked up by id.
+        """
+        entry = pl.col("snapshot_kind").is_in(_ENTRY_KINDS)
+        entered = rows.filter(entry).select("message_id").unique()
+        polled = rows.filter(~entry).select("message_id").unique()
+        opened = self._open_rows(polled.join(entered, on="message_id", how="anti"))
+        entered = pl.concat(
+            [entered, polled.join(opened.select("message_id"), on="message_id", how="anti")]
+        ).unique()
         found = pl.DataFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
         if entered.height:
             lookup = self._scan_current(scope)
@@ -722,8 +748,28 @@ class ParquetTrackingStore(RetriedReads):
         combined = pl.concat([found.drop(CURRENT_PARTITION), rows], how="vertical")
         last = latest(combined.unique(["message_id", "seq"], keep="first").lazy()).collect()
         last = last.with_columns(pl.col("requested_at").dt.date().alias(CURRENT_PARTITION))
-        days = pl.concat([last.get_column(CURRENT_PARTITION), found.get_column(CURRENT_PARTITION)])
-        return last, days.unique().to_list()
+        days = pl.concat(
+            [last.get_column(CURRENT_PARTITION)]
+            + [f.get_column(CURRENT_PARTITION) for f in (found, opened)]
+        )
+        replaced = pl.concat([found.get_column("seq"), opened.get_column("seq")]).unique()
+        return _Merge(last, days.unique().sort().to_list(), replaced, w)
+
+    def _open_rows(self, ids: pl.DataFrame) -> pl.DataFrame:
+        """``message_id``, ``seq`` and requested day of the rows of ``open/`` for ``ids``."""
+        schema = {"message_id": pl.String, "seq": pl.Int64, CURRENT_PARTITION: pl.Date}
+        path = self.paths.open_file()
+        if not ids.height or not path.exists():
+            return pl.DataFrame(schema=schema)
+        try:
+            return (
+                pl.scan_parquet(path, glob=False)
+                .select("message_id", "seq", _DAY.alias(CURRENT_PARTITION))
+                .join(ids.lazy(), on="message_id", how="semi")
+                .collect()
+            )
+        except FileNotFoundError:  # replaced between the check and the read
+            return self._open_rows(ids)
 
     def current(self, flt: RecordFilter | None = None) -> pl.LazyFrame:
         """Current records (all columns plus ``requested_date``) as a lazy query.
@@ -735,13 +781,12 @@ class ParquetTrackingStore(RetriedReads):
         found = self._delta(scope)
         if found is None:
             return base
-        delta, days = found
-        ids = delta.lazy().select("message_id")
-        untouched = base.filter(~pl.col(CURRENT_PARTITION).is_in(days))
-        touched = base.filter(pl.col(CURRENT_PARTITION).is_in(days)).join(
-            ids, on="message_id", how="anti"
+        seq = pl.col("seq")
+        kept = base.filter(
+            (seq <= found.watermark)
+            & (~pl.col(CURRENT_PARTITION).is_in(found.days) | ~seq.is_in(found.replaced.implode()))
         )
-        return pl.concat([untouched, touched, delta.lazy()], how="vertical_relaxed")
+        return pl.concat([kept, found.last.lazy()], how="vertical_relaxed")
 
     def _open(self) -> pl.LazyFrame:
         path = self.paths.open_file()
@@ -758,7 +803,7 @@ class ParquetTrackingStore(RetriedReads):
         found = self._delta(pending_days, beyond=True)
         if found is None:
             return base
-        delta = found[0]
+        delta = found.last
         open_delta = delta.filter(pl.col("status").is_in(POLLABLE_STATUSES))
         return pl.concat(
             [
