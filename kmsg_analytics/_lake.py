@@ -112,6 +112,8 @@ _STATISTICS_COLUMNS = (
     "type", "requested_at", "status", "status_updated_at", "next_check_at", "retention_class",
 )  # fmt: skip
 _DAY_MICROS = 86_400_000_000
+#: rows per row group of ``open/`` (sorted by next check: list_due reads the first few)
+_OPEN_GROUP_ROWS = 8192
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Parquet timestamp units: (raw values per microsecond, microseconds per raw value)
 _TIME_UNITS = {"microseconds": (1, 1), "milliseconds": (1, 1000), "nanoseconds": (1000, 1)}
@@ -513,7 +515,13 @@ class ParquetTrackingStore(RetriedReads):
                 unregister(expr.op().name)
 
     def _to_parquet(
-        self, expr: Any, path: Path, *, partition_by: str | None = None, folded: bool = False
+        self,
+        expr: Any,
+        path: Path,
+        *,
+        partition_by: str | None = None,
+        folded: bool = False,
+        group_rows: int | None = None,
     ) -> None:
         """Every Parquet file of the lake is written here (one file, or a hive directory).
 
@@ -521,7 +529,7 @@ class ParquetTrackingStore(RetriedReads):
         being published: lz4, one row group per requested day; with ``folded``, a folded
         day: zstd level 1), a Polars frame (folded: the open set) or an Arrow batch reader
         (folded: merged history files). pyarrow writes all but Ibis expressions, or the
-        backend when it is not DuckDB.
+        backend when it is not DuckDB. ``group_rows`` caps the row groups pyarrow writes.
         """
         if isinstance(expr, pa.RecordBatchReader):
             if partition_by is None and self._local_writes:
@@ -533,7 +541,7 @@ class ParquetTrackingStore(RetriedReads):
         if isinstance(expr, pa.Table):
             if partition_by is None and self._local_writes:
                 if folded:
-                    pq.write_table(expr, path, **_folded_options(expr))
+                    pq.write_table(expr, path, row_group_size=group_rows, **_folded_options(expr))
                 else:
                     _write_batch(expr, path)
                 return
@@ -1000,8 +1008,10 @@ class ParquetTrackingStore(RetriedReads):
             if frames
             else pl.DataFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
         )
+        # due first, in small row groups: list_due reads the groups its statistics allow
+        open_table = open_table.sort("next_check_at", "message_id", nulls_last=True)
         staged = self.paths.staging_file()
-        self._to_parquet(open_table, staged)
+        self._to_parquet(open_table, staged, group_rows=_OPEN_GROUP_ROWS)
         os.replace(staged, old_open)
         fold_date = max(f.ingest_date for f in files).isoformat()
         state = {**state, "watermark": top, "fold_date": fold_date}
