@@ -132,3 +132,15 @@ def test_a_fold_that_died_before_its_watermark_counts_each_message_once(tmp_path
     assert pl.read_parquet(files).filter(pl.col("seq") > watermark).height > 0
     assert _answers(DeliveryTrackingService([Gateway()], store=again)) == want
     again.close()
+
+
+def test_the_open_set_is_written_due_first(tmp_path: Path) -> None:
+    lake = quiet_lake(tmp_path / "lake")
+    svc = _build(lake, 8, [3], [(i, "SENT", 0) for i in (5, 1, 6)])
+    lake.compact()
+    due = pl.read_parquet(tmp_path / "lake" / "open" / "part-0.parquet")
+    assert due.height == 7  # m3 was delivered
+    assert due.get_column("next_check_at").is_sorted(nulls_last=True)
+    answer = [r.message_id for r in svc.list_due(DAY0 + timedelta(days=30), 3)]
+    assert answer == due.sort("next_check_at", "message_id").get_column("message_id")[:3].to_list()
+    lake.close()
