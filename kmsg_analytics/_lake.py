@@ -778,6 +778,8 @@ class ParquetTrackingStore(RetriedReads):
             )
         except FileNotFoundError:  # replaced between the check and the read
             return self._open_rows(ids)
+        except (pl.exceptions.ComputeError, OSError):  # unreadable: the ids are looked up
+            return pl.DataFrame(schema=schema)  # in current/ (doctor names the file)
 
     def current(self, flt: RecordFilter | None = None) -> pl.LazyFrame:
         """Current records (all columns plus ``requested_date``) as a lazy query.
