@@ -123,6 +123,8 @@ _STATISTICS_COLUMNS = (
     "type", "requested_at", "status", "status_updated_at", "next_check_at", "retention_class",
 )  # fmt: skip
 _DAY_MICROS = 86_400_000_000
+#: rows per row group of ``open/`` (sorted by next check: list_due reads the first few)
+_OPEN_GROUP_ROWS = 8192
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Parquet timestamp units: (raw values per microsecond, microseconds per raw value)
 _TIME_UNITS = {"microseconds": (1, 1), "milliseconds": (1, 1000), "nanoseconds": (1000, 1)}
@@ -139,6 +141,23 @@ _LOCAL_ONLY_OPTIONS = frozenset({"backend", "flush_rows", "flush_seconds", "fsyn
 _T = TypeVar("_T")
 #: what a merge-on-read looked up: the requested days (``None``: all) and whether beyond them
 _Scope = tuple[tuple[date, ...] | None, bool]
+
+
+@dataclass(frozen=True)
+class _Merge:
+    """What the snapshots past the watermark change in ``current/``.
+
+    ``last`` is the current state of every message they touch; ``replaced`` the ``seq``
+    of each row of ``current/`` that one of those messages had on the ``days`` looked
+    at (rows are unique by ``seq``); ``days`` the requested days of both. Rows of
+    ``current/`` past the ``watermark`` are replaced too: a fold in progress, or one that
+    died, wrote them, and ``last`` holds their snapshots.
+    """
+
+    last: pl.DataFrame
+    days: list[date]
+    replaced: pl.Series
+    watermark: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +272,7 @@ class ParquetTrackingStore(RetriedReads):
         self._cache_files: set[Path] = set()
         self._cache_rows = pl.DataFrame(schema=POLARS_SCHEMA)
         self._cache_tail: list[pa.Table] = []  # our own batches, published but not decoded
-        self._winners: tuple[_Scope, tuple[pl.DataFrame, list[date]]] | None = None
+        self._winners: tuple[_Scope, _Merge] | None = None
         # footers read: (size, mtime) -> whether the file carries the gateway flag
         self._footers_ok: dict[str, tuple[tuple[int, int], bool]] = {}
         self._flags = True  # whether folds write the gateway flag (format 2; set per fold)
@@ -510,7 +529,13 @@ class ParquetTrackingStore(RetriedReads):
                 unregister(expr.op().name)
 
     def _to_parquet(
-        self, expr: Any, path: Path, *, partition_by: str | None = None, folded: bool = False
+        self,
+        expr: Any,
+        path: Path,
+        *,
+        partition_by: str | None = None,
+        folded: bool = False,
+        group_rows: int | None = None,
     ) -> None:
         """Every Parquet file of the lake is written here (one file, or a hive directory).
 
@@ -518,7 +543,7 @@ class ParquetTrackingStore(RetriedReads):
         being published: lz4, one row group per requested day; with ``folded``, a folded
         day: zstd level 1), a Polars frame (folded: the open set) or an Arrow batch reader
         (folded: merged history files). pyarrow writes all but Ibis expressions, or the
-        backend when it is not DuckDB.
+        backend when it is not DuckDB. ``group_rows`` caps the row groups pyarrow writes.
         """
         if isinstance(expr, pa.RecordBatchReader):
             if partition_by is None and self._local_writes:
@@ -530,7 +555,7 @@ class ParquetTrackingStore(RetriedReads):
         if isinstance(expr, pa.Table):
             if partition_by is None and self._local_writes:
                 if folded:
-                    pq.write_table(expr, path, **_folded_options(expr))
+                    pq.write_table(expr, path, row_group_size=group_rows, **_folded_options(expr))
                 else:
                     _write_batch(expr, path)
                 return
@@ -712,9 +737,7 @@ class ParquetTrackingStore(RetriedReads):
             rows = pl.concat([rows, pending], how="vertical")
         return w, rows
 
-    def _delta(
-        self, scope: tuple[date, ...] | None, *, beyond: bool = False
-    ) -> tuple[pl.DataFrame, list[date]] | None:
+    def _delta(self, scope: tuple[date, ...] | None, *, beyond: bool = False) -> _Merge | None:
         """Current state of every message changed past the watermark, and the days to patch.
 
         Messages (re-)entered by a send, load or patch may already have a row in
@@ -724,21 +747,32 @@ class ParquetTrackingStore(RetriedReads):
         with ``beyond``, ids not found in ``scope`` are then looked up on the other days.
         """
         with self._mutex:
-            _w, rows = self._refresh()
+            w, rows = self._refresh()
             if rows.is_empty():
                 return None
             if self._bulk_depth:
-                return self._resolve(rows, scope, beyond=beyond)
+                return self._resolve(rows, w, scope, beyond=beyond)
             if self._winners is None or self._winners[0] != (scope, beyond):
-                self._winners = ((scope, beyond), self._resolve(rows, scope, beyond=beyond))
+                self._winners = ((scope, beyond), self._resolve(rows, w, scope, beyond=beyond))
             return self._winners[1]
 
     def _resolve(
-        self, rows: pl.DataFrame, scope: tuple[date, ...] | None, *, beyond: bool = False
-    ) -> tuple[pl.DataFrame, list[date]]:
-        entered = (
-            rows.filter(pl.col("snapshot_kind").is_in(_ENTRY_KINDS)).select("message_id").unique()
-        )
+        self, rows: pl.DataFrame, w: int, scope: tuple[date, ...] | None, *, beyond: bool = False
+    ) -> _Merge:
+        """The rows past the watermark merged with the rows of ``current/`` they replace.
+
+        A message only polled since the last fold was, as a rule, open then: its row is
+        read from ``open/`` (small), not found by id among the rows of every day the
+        polls touch. Messages (re)entered by a send, load or patch, and polled ones that
+        were not open, are looked up by id.
+        """
+        entry = pl.col("snapshot_kind").is_in(_ENTRY_KINDS)
+        entered = rows.filter(entry).select("message_id").unique()
+        polled = rows.filter(~entry).select("message_id").unique()
+        opened = self._open_rows(polled.join(entered, on="message_id", how="anti"))
+        entered = pl.concat(
+            [entered, polled.join(opened.select("message_id"), on="message_id", how="anti")]
+        ).unique()
         found = pl.DataFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
         if entered.height:
             lookup = self._scan_current(scope)
@@ -762,8 +796,30 @@ class ParquetTrackingStore(RetriedReads):
         combined = pl.concat([found.drop(CURRENT_PARTITION), rows], how="vertical")
         last = latest(combined.unique(["message_id", "seq"], keep="first").lazy()).collect()
         last = last.with_columns(pl.col("requested_at").dt.date().alias(CURRENT_PARTITION))
-        days = pl.concat([last.get_column(CURRENT_PARTITION), found.get_column(CURRENT_PARTITION)])
-        return last, days.unique().to_list()
+        days = pl.concat(
+            [last.get_column(CURRENT_PARTITION)]
+            + [f.get_column(CURRENT_PARTITION) for f in (found, opened)]
+        )
+        replaced = pl.concat([found.get_column("seq"), opened.get_column("seq")]).unique()
+        return _Merge(last, days.unique().sort().to_list(), replaced, w)
+
+    def _open_rows(self, ids: pl.DataFrame) -> pl.DataFrame:
+        """``message_id``, ``seq`` and requested day of the rows of ``open/`` for ``ids``."""
+        schema = {"message_id": pl.String, "seq": pl.Int64, CURRENT_PARTITION: pl.Date}
+        path = self.paths.open_file()
+        if not ids.height or not path.exists():
+            return pl.DataFrame(schema=schema)
+        try:
+            return (
+                pl.scan_parquet(path, glob=False)
+                .select("message_id", "seq", _DAY.alias(CURRENT_PARTITION))
+                .join(ids.lazy(), on="message_id", how="semi")
+                .collect()
+            )
+        except FileNotFoundError:  # replaced between the check and the read
+            return self._open_rows(ids)
+        except (pl.exceptions.ComputeError, OSError):  # unreadable: the ids are looked up
+            return pl.DataFrame(schema=schema)  # in current/ (doctor names the file)
 
     def current(self, flt: RecordFilter | None = None) -> pl.LazyFrame:
         """Current records (all columns plus ``requested_date``) as a lazy query.
@@ -777,13 +833,12 @@ class ParquetTrackingStore(RetriedReads):
         found = self._delta(scope)
         if found is None:
             return base
-        delta, days = found
-        ids = delta.lazy().select("message_id")
-        untouched = base.filter(~pl.col(CURRENT_PARTITION).is_in(days))
-        touched = base.filter(pl.col(CURRENT_PARTITION).is_in(days)).join(
-            ids, on="message_id", how="anti"
+        seq = pl.col("seq")
+        kept = base.filter(
+            (seq <= found.watermark)
+            & (~pl.col(CURRENT_PARTITION).is_in(found.days) | ~seq.is_in(found.replaced.implode()))
         )
-        return pl.concat([untouched, touched, _flagged(delta.lazy())], how="vertical_relaxed")
+        return pl.concat([kept, _flagged(found.last.lazy())], how="vertical_relaxed")
 
     def _open(self) -> pl.LazyFrame:
         path = self.paths.open_file()
@@ -801,7 +856,7 @@ class ParquetTrackingStore(RetriedReads):
         found = self._delta(pending_days, beyond=True)
         if found is None:
             return base
-        delta = found[0]
+        delta = found.last
         open_delta = delta.filter(pl.col("status").is_in(POLLABLE_STATUSES))
         return pl.concat(
             [
@@ -1009,8 +1064,12 @@ class ParquetTrackingStore(RetriedReads):
             if frames
             else pl.DataFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
         )
+        # due first, in small row groups: list_due reads the groups its statistics allow
+        open_table = open_table.sort("next_check_at", "message_id", nulls_last=True)
         staged = self.paths.staging_file()
-        self._to_parquet(self._folded(open_table.to_arrow()), staged, folded=True)
+        self._to_parquet(
+            self._folded(open_table.to_arrow()), staged, folded=True, group_rows=_OPEN_GROUP_ROWS
+        )
         os.replace(staged, old_open)
         fold_date = max(f.ingest_date for f in files).isoformat()
         state = {**state, "watermark": top, "fold_date": fold_date}
