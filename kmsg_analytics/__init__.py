@@ -78,7 +78,7 @@ from ._retention import (
     plan_retention,
 )
 from ._runner import poll_until_stopped
-from ._schema import SNAPSHOT_SCHEMA
+from ._schema import CURRENT_SCHEMA, SNAPSHOT_SCHEMA
 from ._service import DeliveryTrackingService
 from ._simulated import SimulatedClock, SimulatedProvider
 from ._store import InMemoryTrackingStore, TrackingStore
@@ -86,6 +86,7 @@ from ._store import InMemoryTrackingStore, TrackingStore
 __version__ = "0.1.0"
 
 __all__ = [
+    "CURRENT_SCHEMA",
     "DELIVERY_STATUSES",
     "FAILURE_CATEGORIES",
     "MESSAGE_TYPES",
