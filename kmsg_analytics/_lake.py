@@ -150,8 +150,8 @@ class _Merge:
     ``last`` is the current state of every message they touch; ``replaced`` the ``seq``
     of each row of ``current/`` that one of those messages had on the ``days`` looked
     at (rows are unique by ``seq``); ``days`` the requested days of both. Rows of
-    ``current/`` past the ``watermark`` are replaced too: a fold in progress, or one that
-    died, wrote them, and ``last`` holds their snapshots.
+    ``current/`` past the ``watermark`` (a fold in progress, one that died, or one that
+    ran since) give way to ``last`` by id.
     """
 
     last: pl.DataFrame
@@ -838,7 +838,13 @@ class ParquetTrackingStore(RetriedReads):
             (seq <= found.watermark)
             & (~pl.col(CURRENT_PARTITION).is_in(found.days) | ~seq.is_in(found.replaced.implode()))
         )
-        return pl.concat([kept, _flagged(found.last.lazy())], how="vertical_relaxed")
+        # rows folded past the watermark (a fold in progress, one that died, or one that
+        # ran before this lazy frame is read): those of the delta's messages give way to
+        # it, the others stay. Usually there are none, and seq's statistics skip them all.
+        later = base.filter(seq > found.watermark).join(
+            found.last.lazy().select("message_id"), on="message_id", how="anti"
+        )
+        return pl.concat([kept, later, _flagged(found.last.lazy())], how="vertical_relaxed")
 
     def _open(self) -> pl.LazyFrame:
         path = self.paths.open_file()
@@ -1249,10 +1255,11 @@ class ParquetTrackingStore(RetriedReads):
             hashes.append(h.filter(h == h.shift(1)))
             del h
         files = self._current_files()
-        if files and singles.height:  # rows as of w: so far the fold only added rows past w
+        if files and singles.height:
+            # any row on another day, also one this fold already replaced with a snapshot
+            # past w (a poll on the old day, then one that moved the message)
             elsewhere = (
                 _scan_current_files(files)
-                .filter(pl.col("seq") <= w)
                 .select(_ID_HASH, pl.col(CURRENT_PARTITION).alias("day"))
                 .join(singles.lazy(), on="h")
                 .filter(pl.col("day") != pl.col("d"))
