@@ -384,6 +384,14 @@ class ParquetTrackingStore(RetriedReads):
         """Record one send snapshot; durable when this returns."""
         self._buffer([record_to_row(record, kind="send", recorded_at=recorded_at or _now_micros())])
 
+    def upsert_row(self, row: dict[str, Any]) -> None:
+        """Record one send snapshot given as its lake row; durable when this returns.
+
+        ``row`` is what :func:`record_to_row` makes of the record with ``kind="send"``
+        (``DeliveryTrackingService.record_send`` builds it from the record's values).
+        """
+        self._buffer([row])
+
     def append_snapshots(
         self,
         records: Sequence[TrackingRecord],
@@ -446,17 +454,33 @@ class ParquetTrackingStore(RetriedReads):
             self._timer = None
             if self._closed:
                 return
+            rows = self._pending[:]
+        # converted outside the mutex, so that record_send goes on meanwhile; flush
+        # uses it if no other flush took these rows first
+        try:
+            ready: tuple[list[dict[str, Any]], pa.Table] | None = (rows, rows_to_table(rows))
+        except Exception:  # flush converts (and reports) under the mutex
+            ready = None
+        with self._mutex:
+            if self._closed:
+                return
             try:
-                self.flush()
+                self.flush(_ready=ready)
             except Exception:  # the rows stay in the log and are retried
                 log.exception("background flush of %s failed", self.paths.root)
 
-    def flush(self) -> None:
+    def flush(self, *, _ready: tuple[list[dict[str, Any]], pa.Table] | None = None) -> None:
         """Publish acknowledged rows waiting in the write-ahead log."""
         with self._mutex:
-            if not self._pending:
+            pending = self._pending
+            if not pending:
                 return
-            table = rows_to_table(self._pending)
+            if _ready is not None and _starts_with(pending, _ready[0]):
+                done, table = _ready
+                if len(pending) > len(done):  # acknowledged while it was converted
+                    table = pa.concat_tables([table, rows_to_table(pending[len(done) :])])
+            else:
+                table = rows_to_table(pending)
             with writer_lock(self.paths):
                 state = self._recover()
                 state = self._publish_locked(table, self._wal.id, state, keep_cache=True)
@@ -1803,6 +1827,16 @@ def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "fetch_arrow_table", DeprecationWarning)
         yield
+
+
+def _starts_with(pending: list[dict[str, Any]], rows: list[dict[str, Any]]) -> bool:
+    """Whether ``pending`` still begins with ``rows`` (the very objects: no flush between)."""
+    return (
+        bool(rows)
+        and len(pending) >= len(rows)
+        and pending[0] is rows[0]
+        and pending[len(rows) - 1] is rows[-1]
+    )
 
 
 def _now_micros() -> int:

@@ -305,18 +305,21 @@ class WriteAheadLog:
 
     def append(self, lines: list[bytes]) -> None:
         """Append rows (already JSON, UTF-8); durable against a killed process on return."""
-        if self._fd is None:
+        fd = self._fd
+        if fd is None:
             self.id = uuid.uuid4().hex
             path = self.folder / f"{self.id}.wal"
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        data = b"\n".join(lines) + b"\n"
-        view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+            fd = self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # one line (record_send) is the common case: one concatenation, one write(2)
+        data = lines[0] + b"\n" if len(lines) == 1 else b"\n".join(lines) + b"\n"
+        n = os.write(fd, data)
+        if n < len(data):  # a short write (a signal, a full disk): write the rest
+            view = memoryview(data)[n:]
+            while view:
+                view = view[os.write(fd, view) :]
         if self.fsync:
-            os.fsync(self._fd)
+            os.fsync(fd)
 
     def rotate(self) -> None:
         """Drop the current file (its rows are published); the next append starts a new one."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -58,8 +57,7 @@ def mask_numbers(col: pl.Expr) -> pl.Expr:
 def hash_numbers(normalized: pl.Series, key: HashKey) -> pl.Series:
     """Keyed hashes of normalised numbers, computing each distinct number once."""
     uniq = normalized.drop_nulls().unique()
-    secret = key._key
-    hashed = [hmac.digest(secret, v.encode(), "sha256").hex() for v in uniq.to_list()]
+    hashed = key.hash_many(uniq.to_list())
     mapping = dict(zip(uniq.to_list(), hashed, strict=True))
     return normalized.replace_strict(mapping, default=None, return_dtype=pl.String)
 

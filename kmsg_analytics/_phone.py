@@ -8,6 +8,7 @@ import hmac
 import os
 import re
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 
 from ._errors import InvalidRecordError
@@ -88,7 +89,7 @@ class HashKey:
     64
     """
 
-    __slots__ = ("_key", "key_id")
+    __slots__ = ("_hmac", "_key", "key_id")
 
     def __init__(self, key: bytes | str) -> None:
         raw = key.encode() if isinstance(key, str) else bytes(key)
@@ -100,13 +101,37 @@ class HashKey:
             )
         self._key = raw
         self.key_id = hmac.new(raw, b"kmsg-analytics/key-id", hashlib.sha256).hexdigest()[:16]
+        # keyed once: each hash copies it instead of deriving the key's pads again
+        self._hmac = hmac.new(raw, digestmod=hashlib.sha256)
 
     def __repr__(self) -> str:
         return f"HashKey(key_id={self.key_id!r})"
 
+    def __reduce__(self) -> tuple[type[HashKey], tuple[bytes]]:
+        return (HashKey, (self._key,))  # the keyed HMAC object itself does not pickle
+
     def hash_normalized(self, normalized: str) -> str:
         """HMAC-SHA256 (hex) of an already normalised number."""
-        return hmac.digest(self._key, normalized.encode(), "sha256").hex()
+        mac = self._hmac.copy()
+        mac.update(normalized.encode())
+        return mac.hexdigest()
+
+    def hash_many(self, normalized: Iterable[str]) -> list[str]:
+        """:meth:`hash_normalized` of each number, in order (for bulk paths).
+
+        Examples
+        --------
+        >>> key = HashKey(b"demo-key")
+        >>> key.hash_many(["01012345678"]) == [key.hash_number("010-1234-5678")]
+        True
+        """
+        base = self._hmac
+        out: list[str] = []
+        for number in normalized:
+            mac = base.copy()
+            mac.update(number.encode())
+            out.append(mac.hexdigest())
+        return out
 
     def hash_number(self, number: str, *, field: str = "to") -> str:
         """Normalise ``number`` and return its keyed hash."""

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 from ._errors import InvalidRecordError
-from ._phone import normalize_number
+from ._phone import _normalize, normalize_number
 
 __all__ = [
     "DELIVERY_STATUSES",
@@ -497,9 +497,26 @@ def coerce_result(value: object) -> SendResult:
     else:
         data = _as_mapping(value, "result")
     pmid = pick(data, "provider_message_id")
+    _check_pmid_type(pmid)
+    warnings = _coerce_warnings(pick(data, "warnings") or ())
+    return SendResult(
+        message_id=coerce_id(pick(data, "message_id"), "result.message_id"),
+        provider_id=coerce_id(pick(data, "provider_id"), "result.provider_id"),
+        provider_message_id=None
+        if pmid is None
+        else coerce_id(pmid, "result.provider_message_id", allow_empty=True),
+        type=coerce_type(pick(data, "type"), "result.type"),
+        to=_check_number(pick(data, "to"), "result.to"),
+        warnings=warnings,
+    )
+
+
+def _check_pmid_type(pmid: object) -> None:
     if pmid is not None and not isinstance(pmid, str):
         raise InvalidRecordError("result.provider_message_id", pmid, "a string or None")
-    warnings_raw = pick(data, "warnings") or ()
+
+
+def _coerce_warnings(warnings_raw: object) -> tuple[SendWarning, ...]:
     if isinstance(warnings_raw, str | Mapping) or not isinstance(warnings_raw, Iterable):
         raise InvalidRecordError("result.warnings", warnings_raw, "a list of {code, message}")
     warnings: list[SendWarning] = []
@@ -514,16 +531,7 @@ def coerce_result(value: object) -> SendResult:
                 message=coerce_text(pick(w, "message"), "result.warnings[].message"),
             )
         )
-    return SendResult(
-        message_id=coerce_id(pick(data, "message_id"), "result.message_id"),
-        provider_id=coerce_id(pick(data, "provider_id"), "result.provider_id"),
-        provider_message_id=None
-        if pmid is None
-        else coerce_id(pmid, "result.provider_message_id", allow_empty=True),
-        type=coerce_type(pick(data, "type"), "result.type"),
-        to=_check_number(pick(data, "to"), "result.to"),
-        warnings=tuple(warnings),
-    )
+    return tuple(warnings)
 
 
 def _check_number(value: object, name: str) -> str:
@@ -551,6 +559,214 @@ def _custom_fields(value: object) -> Mapping[str, Any] | None:
     result = coerce_json(dict(value), "custom_fields")
     assert isinstance(result, dict)
     return result
+
+
+# --------------------------------------------------------------------------- one send, fast
+
+#: A send's validated parts, as :func:`send_values` gives them: context message id,
+#: requested time, context type, ``from_``, scheduled time, custom fields, failover
+#: request; result message id, provider id, provider message id (trimmed, ``""`` when
+#: missing), result type, result ``to`` and warnings.
+SendValues = tuple[
+    str,
+    datetime,
+    str,
+    str | None,
+    datetime | None,
+    Mapping[str, Any] | None,
+    FailoverOptions | None,
+    str,
+    str,
+    str,
+    str,
+    str,
+    tuple[SendWarning, ...],
+]
+
+_MIN_MS: Final = 946_684_800_000  # 2000-01-01 in epoch milliseconds
+_MAX_MS: Final = 7_258_118_400_000  # 2200-01-01
+_MIN_NAIVE: Final = _MIN_TIME.replace(tzinfo=None)
+_MAX_NAIVE: Final = _MAX_TIME.replace(tzinfo=None)
+
+
+def send_values(context: object, result: object) -> SendValues:
+    """A send's validated parts: :func:`coerce_context` and :func:`coerce_result` in one.
+
+    Plain ``dict`` inputs (k-msg's JSON shape or ours) take a fast path that checks the
+    common values inline and hands anything unusual to the same validators, in the same
+    order, so the answer and every error are the ones of the two ``coerce_*`` calls.
+
+    Examples
+    --------
+    >>> v = send_values(
+    ...     {"messageId": "m1", "timestamp": 1793491200000,
+    ...      "options": {"type": "SMS", "to": "010-1234-5678"}},
+    ...     {"messageId": "m1", "providerId": "solapi", "providerMessageId": " G1 ",
+    ...      "type": "SMS", "to": "010-1234-5678"},
+    ... )
+    >>> v[0], v[1].isoformat(), v[8], v[9]
+    ('m1', '2026-11-01T00:00:00+00:00', 'solapi', 'G1')
+    """
+    if type(context) is dict and type(result) is dict:
+        fast = _fast_send_values(context, result)
+        if fast is not None:
+            return fast
+    ctx = coerce_context(context)
+    res = coerce_result(result)
+    o = ctx.options
+    return (
+        ctx.message_id,
+        ctx.timestamp,
+        o.type,
+        o.from_,
+        o.scheduled_at,
+        o.custom_fields,
+        o.failover,
+        res.message_id,
+        res.provider_id,
+        (res.provider_message_id or "").strip(),
+        res.type,
+        res.to,
+        res.warnings,
+    )
+
+
+def _fast_id(value: object, *, allow_empty: bool = False) -> str | None:
+    """:func:`coerce_id`'s answer for a plain ASCII id, ``None`` when it needs the full check."""
+    if type(value) is str and value.isascii():
+        text = value.strip()
+        if (text or allow_empty) and len(text) <= _MAX_ID_LEN and "\x00" not in text:
+            return text
+    return None
+
+
+def _fast_number(value: object) -> bool:
+    """Whether :func:`_check_number` accepts ``value`` as it is (memoised normalisation)."""
+    return type(value) is str and len(value) <= 64 and _normalize(value) is not None
+
+
+def _fast_time(value: object) -> datetime | None:
+    """:func:`coerce_time`'s answer for epoch milliseconds or a ``...Z`` ISO string in range.
+
+    ``None`` when :func:`coerce_time` must decide (it then gives the same answer or error).
+    """
+    if type(value) is int:
+        if _MIN_MS <= value < _MAX_MS:
+            return _EPOCH + timedelta(0, value // 1000, value % 1000 * 1000)
+    elif type(value) is str and value[-1:] == "Z":
+        try:
+            parsed = datetime.fromisoformat(value[:-1])
+        except ValueError:
+            return None
+        if parsed.tzinfo is None and _MIN_NAIVE <= parsed < _MAX_NAIVE:
+            return parsed.replace(tzinfo=UTC)
+    return None
+
+
+def _fast_send_values(data: dict[str, Any], res: dict[str, Any]) -> SendValues | None:
+    """:func:`send_values` for dicts; ``None`` when the options are no plain dict.
+
+    Each value is read as :func:`pick` reads it and checked in :func:`coerce_context`'s
+    and :func:`coerce_result`'s order; where the inline check does not pass, that
+    field's own validator decides (it returns the same value or raises the same error).
+    """
+    opts = data.get("options", _MISSING)
+    if opts is _MISSING:
+        opts = data.get("sendOptions")
+    if opts is None:
+        opts = data
+    elif type(opts) is not dict:
+        return None
+    # the context, in coerce_context's order
+    value = data["message_id"] if "message_id" in data else data.get("messageId")
+    message_id = _fast_id(value)
+    if message_id is None:
+        message_id = coerce_id(value, "context.message_id")
+    value = data["timestamp"] if "timestamp" in data else data.get("requestedAt")
+    requested_at = _fast_time(value)
+    if requested_at is None:
+        requested_at = coerce_time(value, "context.timestamp")
+    ctx_type = opts.get("type")
+    if type(ctx_type) is not str or ctx_type not in _TYPE_SET:
+        ctx_type = coerce_type(ctx_type, "context.options.type")
+    value = opts.get("to")
+    if not _fast_number(value):
+        _check_number(value, "context.options.to")
+    from_ = opts["from_"] if "from_" in opts else opts.get("from")
+    if from_ is not None and not _fast_number(from_):
+        from_ = _optional_number(from_, "context.options.from_")
+    value = opts["scheduled_at"] if "scheduled_at" in opts else opts.get("scheduledAt")
+    scheduled_at = None if value is None else coerce_optional_time(value, "scheduled_at")
+    value = opts["custom_fields"] if "custom_fields" in opts else opts.get("customFields")
+    custom_fields = None if value is None else _custom_fields(value)
+    value = opts.get("failover")
+    failover = None if value is None else coerce_failover(value)
+    # the result, in coerce_result's order
+    pmid = (
+        res["provider_message_id"] if "provider_message_id" in res else res.get("providerMessageId")
+    )
+    _check_pmid_type(pmid)
+    value = res.get("warnings") or ()
+    warnings = _coerce_warnings(value) if value else ()
+    value = res["message_id"] if "message_id" in res else res.get("messageId")
+    res_id = _fast_id(value)
+    if res_id is None:
+        res_id = coerce_id(value, "result.message_id")
+    value = res["provider_id"] if "provider_id" in res else res.get("providerId")
+    provider_id = _fast_id(value)
+    if provider_id is None:
+        provider_id = coerce_id(value, "result.provider_id")
+    if pmid is not None:
+        text = _fast_id(pmid, allow_empty=True)
+        pmid = (
+            coerce_id(pmid, "result.provider_message_id", allow_empty=True)
+            if text is None
+            else text
+        )
+    res_type = res.get("type")
+    if type(res_type) is not str or res_type not in _TYPE_SET:
+        res_type = coerce_type(res_type, "result.type")
+    res_to: Any = res.get("to")
+    if not _fast_number(res_to):
+        res_to = _check_number(res_to, "result.to")
+    return (
+        message_id,
+        requested_at,
+        ctx_type,
+        from_,
+        scheduled_at,
+        custom_fields,
+        failover,
+        res_id,
+        provider_id,
+        pmid or "",
+        res_type,
+        res_to,
+        warnings,
+    )
+
+
+_RECORD_SETTERS: Final = tuple(getattr(TrackingRecord, name).__set__ for name in RECORD_FIELDS)
+
+
+def record_from_values(values: Sequence[Any]) -> TrackingRecord:
+    """A :class:`TrackingRecord` from its field values in ``RECORD_FIELDS`` order.
+
+    The record path's constructor: it sets the slots directly (what the frozen
+    dataclass's ``__init__`` does, without its per-field overhead) and validates
+    nothing, so the values must already be the record's.
+
+    Examples
+    --------
+    >>> r = TrackingRecord("m1", "p", "G1", "SMS", "h", "010****5678", _MIN_TIME, "SENT",
+    ...                    _MIN_TIME, _MIN_TIME)
+    >>> record_from_values([getattr(r, n) for n in RECORD_FIELDS]) == r
+    True
+    """
+    record: TrackingRecord = object.__new__(TrackingRecord)
+    for setter, value in zip(_RECORD_SETTERS, values, strict=False):  # lengths: tested
+        setter(record, value)
+    return record
 
 
 def coerce_filter(

@@ -25,14 +25,14 @@ from ._records import (
     SendResult,
     TrackingError,
     TrackingRecord,
-    coerce_context,
     coerce_filter,
     coerce_id,
     coerce_record,
-    coerce_result,
+    record_from_values,
+    send_values,
 )
 from ._runner import PollingMixin
-from ._schema import record_to_row, rows_to_table, to_micros
+from ._schema import dump_json, record_to_row, rows_to_table, to_micros
 from ._store import InMemoryTrackingStore, TrackingStore
 
 __all__ = ["DeliveryTrackingService"]
@@ -42,6 +42,19 @@ Clock = Callable[[], datetime]
 #: Defaults of the polling settings that recording needs (the runner owns the rest).
 _INITIAL_DELAY = timedelta(milliseconds=30_000)
 _SCHEDULED_GRACE = timedelta(milliseconds=120_000)
+_MISSING_PMID = TrackingError(
+    "MISSING_PROVIDER_MESSAGE_ID", "the send result carries no provider message id"
+)
+#: The metadata JSON of an AlimTalk send without custom fields, failover request or warnings.
+_PLAIN_FAILOVER_JSON = dump_json(
+    {
+        "failover": {
+            "request": {},
+            "send_warning_codes": [],
+            "api_attempt": {"attempted": False, "status": "not_attempted"},
+        }
+    }
+)
 
 
 def _utc_now() -> datetime:
@@ -142,31 +155,50 @@ class DeliveryTrackingService(PollingMixin):
         self, context: HookContext | Mapping[str, Any], result: SendResult | Mapping[str, Any]
     ) -> TrackingRecord:
         """The record a send creates (validated, numbers protected), without storing it."""
-        ctx = coerce_context(context)
-        res = coerce_result(result)
-        if res.message_id != ctx.message_id:
+        return record_from_values(self._send_fields(context, result)[0])
+
+    def _send_fields(
+        self, context: HookContext | Mapping[str, Any], result: SendResult | Mapping[str, Any]
+    ) -> tuple[tuple[Any, ...], str | None]:
+        """The values of a send's record in ``RECORD_FIELDS`` order, and its metadata's JSON.
+
+        The JSON is given where it is known without encoding (``None`` elsewhere): it is
+        what :func:`record_to_row` stores for that metadata.
+        """
+        (
+            message_id,
+            requested_at,
+            ctx_type,
+            from_,
+            scheduled,
+            custom_fields,
+            fo,
+            res_id,
+            provider_id,
+            pmid,
+            res_type,
+            res_to,
+            warnings,
+        ) = send_values(context, result)
+        if res_id != message_id:
             raise InvalidRecordError(
-                "result.message_id", res.message_id, f"the context's message_id {ctx.message_id!r}"
+                "result.message_id", res_id, f"the context's message_id {message_id!r}"
             )
         now = self.clock()
-        requested_at = ctx.timestamp
-        pmid = (res.provider_message_id or "").strip()
-        scheduled = ctx.options.scheduled_at
         error: TrackingError | None = None
         if not pmid:
             status, next_check = "UNKNOWN", now
-            error = TrackingError(
-                "MISSING_PROVIDER_MESSAGE_ID", "the send result carries no provider message id"
-            )
+            error = _MISSING_PMID
         elif scheduled is not None:
             status, next_check = "PENDING", scheduled + self._scheduled_grace
         else:
             status, next_check = "SENT", requested_at + self._initial_delay
         metadata: dict[str, Any] = {}
-        if ctx.options.custom_fields:
-            metadata["custom_fields"] = dict(ctx.options.custom_fields)
-        if res.type == "ALIMTALK" or ctx.options.type == "ALIMTALK":
-            fo = ctx.options.failover
+        metadata_json: str | None = "{}"
+        if custom_fields:
+            metadata["custom_fields"] = dict(custom_fields)
+            metadata_json = None
+        if res_type == "ALIMTALK" or ctx_type == "ALIMTALK":
             request = {} if fo is None else {
                 k: v for k, v in (
                     ("enabled", fo.enabled),
@@ -177,34 +209,46 @@ class DeliveryTrackingService(PollingMixin):
             }  # fmt: skip
             metadata["failover"] = {
                 "request": request,
-                "send_warning_codes": [w.code for w in res.warnings],
+                "send_warning_codes": [w.code for w in warnings],
                 "api_attempt": {"attempted": False, "status": "not_attempted"},
             }
-        numbers = self.store.number_fields(res.to, ctx.options.from_)  # type: ignore[attr-defined]
-        return TrackingRecord(
-            message_id=ctx.message_id,
-            provider_id=res.provider_id,
-            provider_message_id=pmid,
-            type=res.type,
-            to=numbers["to"],
-            from_=numbers["from_"],
-            to_hash=numbers["to_hash"],
-            to_masked=numbers["to_masked"],
-            from_hash=numbers.get("from_hash"),
-            from_masked=numbers.get("from_masked"),
-            to_enc=numbers.get("to_enc"),
-            from_enc=numbers.get("from_enc"),
-            requested_at=requested_at,
-            scheduled_at=scheduled,
-            status=status,
-            status_updated_at=now,
-            attempt_count=0,
-            next_check_at=next_check,
-            last_error=error,
-            metadata=metadata,
-            retention_class=DEFAULT_RETENTION_CLASS,
-            retention_bucket_ym=requested_at.year * 100 + requested_at.month,
+            plain = metadata_json is not None and not request and not warnings
+            metadata_json = _PLAIN_FAILOVER_JSON if plain else None
+        numbers = self.store.number_fields(res_to, from_)  # type: ignore[attr-defined]
+        get = numbers.get
+        # in RECORD_FIELDS order (see TrackingRecord and _send_row)
+        values = (
+            message_id,
+            provider_id,
+            pmid,
+            res_type,
+            numbers["to_hash"],
+            numbers["to_masked"],
+            requested_at,
+            status,
+            now,
+            next_check,
+            numbers["to"],
+            numbers["from_"],
+            get("from_hash"),
+            get("from_masked"),
+            scheduled,
+            None,  # provider_status_code
+            None,  # provider_status_message
+            None,  # sent_at
+            None,  # delivered_at
+            None,  # failed_at
+            0,  # attempt_count
+            None,  # last_checked_at
+            error,
+            None,  # raw
+            metadata,
+            DEFAULT_RETENTION_CLASS,
+            requested_at.year * 100 + requested_at.month,
+            get("to_enc"),
+            get("from_enc"),
         )
+        return values, metadata_json
 
     def record_send(
         self, context: HookContext | Mapping[str, Any], result: SendResult | Mapping[str, Any]
@@ -214,9 +258,16 @@ class DeliveryTrackingService(PollingMixin):
         A message recorded twice is still one record, and a repeated record never
         moves a message back from a status polling already reached.
         """
-        self.init()
-        record = self.build_record(context, result)
-        self.store.upsert(record, recorded_at=_micros(record.status_updated_at))
+        if not self._initialized:
+            self.init()
+        values, metadata_json = self._send_fields(context, result)
+        record = record_from_values(values)
+        now = _micros(values[8])
+        upsert_row = getattr(self.store, "upsert_row", None)
+        if upsert_row is None:
+            self.store.upsert(record, recorded_at=now)
+        else:  # the lake row straight from the values: record_to_row's row, made cheaper
+            upsert_row(_send_row(values, metadata_json, now))
         return record
 
     def record_sends(
@@ -375,6 +426,54 @@ class DeliveryTrackingService(PollingMixin):
         """Records whose next status check is due at ``now`` (default: the clock)."""
         self.init()
         return self.store.list_due(now if now is not None else self.clock(), limit)
+
+
+def _send_row(values: tuple[Any, ...], metadata_json: str | None, now: int) -> dict[str, Any]:
+    """``record_to_row(record_from_values(values), kind="send", recorded_at=now)``, cheaper.
+
+    ``values`` are :meth:`DeliveryTrackingService._send_fields`'s: a new send, so
+    the gateway's codes and times, the check time and ``raw`` are all ``None``.
+    """
+    (
+        message_id, provider_id, pmid, type_, to_hash, to_masked, requested_at, status,
+        status_updated_at, next_check_at, to, from_, from_hash, from_masked, scheduled_at,
+        _code, _message, _sent, _delivered, _failed, attempts, _checked, error, _raw,
+        metadata, retention_class, bucket, to_enc, from_enc,
+    ) = values  # fmt: skip
+    return {
+        "seq": 0,
+        "snapshot_kind": "send",
+        "recorded_at": now,
+        "message_id": message_id,
+        "provider_id": provider_id,
+        "provider_message_id": pmid,
+        "type": type_,
+        "to": to,
+        "from_": from_,
+        "to_hash": to_hash,
+        "to_masked": to_masked,
+        "from_hash": from_hash,
+        "from_masked": from_masked,
+        "to_enc": to_enc,
+        "from_enc": from_enc,
+        "requested_at": to_micros(requested_at),
+        "scheduled_at": None if scheduled_at is None else to_micros(scheduled_at),
+        "status": status,
+        "provider_status_code": None,
+        "provider_status_message": None,
+        "sent_at": None,
+        "delivered_at": None,
+        "failed_at": None,
+        "status_updated_at": to_micros(status_updated_at),
+        "attempt_count": attempts,
+        "last_checked_at": None,
+        "next_check_at": to_micros(next_check_at),
+        "last_error": None if error is None else {"code": error.code, "message": error.message},
+        "raw": None,
+        "metadata": dump_json(metadata) if metadata_json is None else metadata_json,
+        "retention_class": retention_class,
+        "retention_bucket_ym": bucket,
+    }
 
 
 def _ms(config: Any, name: str, default: timedelta) -> timedelta:
