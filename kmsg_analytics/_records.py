@@ -640,6 +640,12 @@ def _fast_id(value: object, *, allow_empty: bool = False) -> str | None:
     return None
 
 
+def _id(value: object, field: str) -> str:
+    """:func:`coerce_id` of ``value``, through :func:`_fast_id` when it is a plain id."""
+    text = _fast_id(value)
+    return coerce_id(value, field) if text is None else text
+
+
 def _fast_number(value: object) -> bool:
     """Whether :func:`_check_number` accepts ``value`` as it is (memoised normalisation)."""
     return type(value) is str and len(value) <= 64 and _normalize(value) is not None
@@ -679,9 +685,7 @@ def _fast_send_values(data: dict[str, Any], res: dict[str, Any]) -> SendValues |
         return None
     # the context, in coerce_context's order
     value = data["message_id"] if "message_id" in data else data.get("messageId")
-    message_id = _fast_id(value)
-    if message_id is None:
-        message_id = coerce_id(value, "context.message_id")
+    message_id = _id(value, "context.message_id")
     value = data["timestamp"] if "timestamp" in data else data.get("requestedAt")
     requested_at = _fast_time(value)
     if requested_at is None:
@@ -709,13 +713,9 @@ def _fast_send_values(data: dict[str, Any], res: dict[str, Any]) -> SendValues |
     value = res.get("warnings") or ()
     warnings = _coerce_warnings(value) if value else ()
     value = res["message_id"] if "message_id" in res else res.get("messageId")
-    res_id = _fast_id(value)
-    if res_id is None:
-        res_id = coerce_id(value, "result.message_id")
+    res_id = _id(value, "result.message_id")
     value = res["provider_id"] if "provider_id" in res else res.get("providerId")
-    provider_id = _fast_id(value)
-    if provider_id is None:
-        provider_id = coerce_id(value, "result.provider_id")
+    provider_id = _id(value, "result.provider_id")
     if pmid is not None:
         text = _fast_id(pmid, allow_empty=True)
         pmid = (

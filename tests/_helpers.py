@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,21 @@ def quiet_lake(path: Path, **options: Any) -> ParquetTrackingStore:
     """A lake that publishes only when told to (no timer, no size trigger)."""
     return ParquetTrackingStore(
         path, hash_key=TEST_KEY, flush_rows=1_000_000, flush_seconds=3600, **options
+    )
+
+
+def record_answers(svc: Any, day0: datetime) -> tuple[object, ...]:
+    """What the merge tests compare between stores: counts (all, and of the day from
+    ``day0``), counts by status, every record's id, status and requested time, and the
+    ids of the day.
+    """
+    day: dict[str, Any] = {"requested_at_from": day0, "requested_at_to": day0 + timedelta(hours=23)}
+    return (
+        svc.count_records(),
+        svc.count_records(**day),
+        svc.count_by(group_by=["status"]).collect().rows(),
+        sorted(svc.list_records().select("message_id", "status", "requested_at").collect().rows()),
+        sorted(svc.list_records(**day).select("message_id").collect().to_series().to_list()),
     )
 
 

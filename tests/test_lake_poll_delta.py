@@ -13,14 +13,13 @@ import shutil
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kmsg_analytics import DeliveryTrackingService, InMemoryTrackingStore, ParquetTrackingStore
-from tests._helpers import Gateway, quiet_lake, send_pair
+from tests._helpers import Gateway, quiet_lake, record_answers, send_pair
 from tests._model import TEST_KEY
 
 DAY0 = datetime(2026, 11, 1, 9, tzinfo=UTC)
@@ -34,14 +33,7 @@ polls = st.lists(
 
 
 def _answers(svc: DeliveryTrackingService) -> tuple[object, ...]:
-    day: dict[str, Any] = {"requested_at_from": DAY0, "requested_at_to": DAY0 + timedelta(hours=23)}
-    return (
-        svc.count_records(),
-        svc.count_records(**day),
-        svc.count_by(group_by=["status"]).collect().rows(),
-        sorted(svc.list_records().select("message_id", "status", "requested_at").collect().rows()),
-        sorted(svc.list_records(**day).select("message_id").collect().to_series().to_list()),
-    )
+    return record_answers(svc, DAY0)
 
 
 def _build(
