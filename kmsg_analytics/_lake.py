@@ -653,12 +653,12 @@ class ParquetTrackingStore(RetriedReads):
             days = {f"{CURRENT_PARTITION}={d.isoformat()}" for d in scope}
             checked = [f for f in files if os.path.basename(os.path.dirname(f)) in days]
         flagged = self._check_footers(checked)
-        if not flag:
-            if not files:
-                return pl.LazyFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
-            return _scan_current_files(files)
         if not files:
-            return pl.LazyFrame(schema=_FLAGGED_SCHEMA)
+            return pl.LazyFrame(
+                schema=_FLAGGED_SCHEMA if flag else {**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date}
+            )
+        if not flag:
+            return _scan_current_files(files)
         plain = [f for f in files if f not in flagged]
         parts = [_scan_flagged_files([f for f in files if f in flagged])] if flagged else []
         if plain:
@@ -1113,10 +1113,11 @@ class ParquetTrackingStore(RetriedReads):
         by a tool that writes the lake's columns only; each is replaced by a rename.
         Returns how many were rewritten.
         """
-        targets = [Path(f) for f in self._current_files()]
+        targets = self._current_files()
         if self.paths.open_file().exists():
-            targets.append(self.paths.open_file())
-        old = [p for p in targets if not _carries_flag(pq.read_metadata(p))]
+            targets.append(str(self.paths.open_file()))
+        flagged = self._check_footers(targets)  # footers read once per file version
+        old = [Path(f) for f in targets if f not in flagged]
         for i, path in enumerate(old, 1):
             if progress is not None:
                 where = path.relative_to(self.paths.root)

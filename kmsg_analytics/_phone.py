@@ -125,13 +125,7 @@ class HashKey:
         >>> key.hash_many(["01012345678"]) == [key.hash_number("010-1234-5678")]
         True
         """
-        base = self._hmac
-        out: list[str] = []
-        for number in normalized:
-            mac = base.copy()
-            mac.update(number.encode())
-            out.append(mac.hexdigest())
-        return out
+        return [self.hash_normalized(number) for number in normalized]
 
     def hash_number(self, number: str, *, field: str = "to") -> str:
         """Normalise ``number`` and return its keyed hash."""

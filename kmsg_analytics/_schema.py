@@ -37,7 +37,8 @@ __all__ = [
 
 #: Bumped whenever the meaning or the columns of the lake change. Version 2 adds the
 #: :data:`GATEWAY_FLAG` column to the folded state (``current/`` and ``open/`` files);
-#: a version 1 lake is read as it lies (the flag computed) and gets it as days are folded.
+#: a version 1 lake is read as it lies (the flag computed) until a full ``compact()``
+#: upgrades it.
 FORMAT_VERSION: Final = 2
 
 #: Where a snapshot came from. A ``send`` snapshot never replaces a state that polling

@@ -22,7 +22,9 @@ from tests._model import bucket_start
 
 __all__ = [
     "DELIVERY_STATUSES",
+    "PROVIDERS",
     "RATE_DEFINITIONS",
+    "TYPES",
     "AnalyticsModel",
     "as_record",
     "micros",
@@ -31,6 +33,9 @@ __all__ = [
 ]
 
 DELIVERY_STATUSES = ("PENDING", "SENT", "DELIVERED", "FAILED", "CANCELLED", "UNKNOWN")
+#: The providers and message types the analytics tests draw records from.
+PROVIDERS = ("solapi", "iwinv", "nhn")
+TYPES = ("SMS", "LMS", "ALIMTALK")
 POLLABLE = ("PENDING", "SENT")
 TERMINAL = ("DELIVERED", "FAILED", "CANCELLED", "UNKNOWN")
 TRACKING_CODES = (

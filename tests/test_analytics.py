@@ -34,13 +34,11 @@ from kmsg_analytics import (
 )
 from kmsg_analytics._analytics import DeliveryAnalytics, DeliverySummary
 from kmsg_analytics._metrics import CODE_RULES, KEYWORD_RULES, RATES
-from tests._analytics_model import AnalyticsModel, micros
+from tests._analytics_model import DELIVERY_STATUSES as STATUSES
+from tests._analytics_model import PROVIDERS, TYPES, AnalyticsModel, micros
 from tests._helpers import KMSG_FIXTURES
 from tests._model import TEST_KEY
 
-PROVIDERS = ("solapi", "iwinv", "nhn")
-TYPES = ("SMS", "LMS", "ALIMTALK")
-STATUSES = ("PENDING", "SENT", "DELIVERED", "FAILED", "CANCELLED", "UNKNOWN")
 US = timedelta(microseconds=1)
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday

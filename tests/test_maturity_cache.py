@@ -29,14 +29,12 @@ from kmsg_analytics import (
 from kmsg_analytics import _rollups as r
 from kmsg_analytics._analytics import DeliveryAnalytics
 from kmsg_analytics._metrics import RATES
-from tests._analytics_model import AnalyticsModel, micros
+from tests._analytics_model import DELIVERY_STATUSES as STATUSES
+from tests._analytics_model import PROVIDERS, TYPES, AnalyticsModel, micros
 from tests._helpers import Gateway
 from tests._model import TEST_KEY
 from tests.conftest import FixedClock
 
-PROVIDERS = ("solapi", "iwinv", "nhn")
-TYPES = ("SMS", "LMS", "ALIMTALK")
-STATUSES = ("PENDING", "SENT", "DELIVERED", "FAILED", "CANCELLED", "UNKNOWN")
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 US = timedelta(microseconds=1)
 HOUR = timedelta(hours=1)
