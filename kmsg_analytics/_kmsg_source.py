@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +34,7 @@ __all__ = ["KmsgSource", "Prefetch", "Since", "describe_url", "source_id"]
 
 _ROWID: Final = "__kmsg_rowid"
 _FIRST_ROWID: Final = -(2**63)
+_LAST_ROWID: Final = 2**63 - 1
 _RECHECK_IDS: Final = 500  # ids per query when rows skipped last time are read again
 _FETCH_ROWS: Final = 10_000
 _INT_TYPES: Final = ("integer", "null")
@@ -38,6 +42,8 @@ _REAL_TYPES: Final = ("integer", "real", "null")
 _ADBC_BATCH_ROWS: Final = "adbc.sqlite.query.batch_rows"
 #: Read SQLite through the ADBC driver when it is installed (else JSON arrays, or rows).
 _ARROW_READER = True
+#: ADBC connections reading a whole SQLite table at once (rowid ranges, in order).
+_READERS = min(2, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +70,9 @@ class KmsgSource:
     C, outside the GIL. Without that driver, a chunk is asked for as one JSON array per
     column (``json_group_array``, declared to Ibis as a built-in aggregate) and decoded
     by Polars. Chunks follow the ``rowid`` (keyset pagination: short reads, in table
-    order, so k-msg's writers are never held up for long). A chunk either way cannot
+    order, so k-msg's writers are never held up for long); a whole table with dense
+    rowids is read by ranges of rowids instead, two at once on two ADBC connections
+    (still in order), so that reading keeps up with the conversion. A chunk either way cannot
     carry as typed columns (BLOBs, reals in ``INTEGER`` columns, infinities) is read
     again as rows. PostgreSQL and MySQL stream one query through the backend's Arrow
     batches (``to_pyarrow_batches``).
@@ -83,6 +91,8 @@ class KmsgSource:
     rowid: str | None = None  # SQLite: the name that reaches the rowid, when there is one
     path: Path | None = None  # SQLite: the database file
     max_rowid: int | None = field(default=None, init=False)  # the largest rowid read
+    #: the Ibis connection serves one query at a time (the range readers fall back to it)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
     def open(
@@ -260,6 +270,10 @@ class KmsgSource:
         )
         rows = sub.select(sub[_ROWID], *[sub[c] for c in cols])
         with self._arrow() as arrow:
+            starts = self._spans(base, chunk_rows) if arrow is not None and since is None else None
+            if starts is not None:  # the whole table: rowid ranges, read by two connections
+                yield from self._range_chunks(arrow, base, cols, starts, chunk_rows)
+                return
             key = _FIRST_ROWID
             query = _Compiled(self.backend, rows, last) if arrow is not None else None
             while True:
@@ -279,6 +293,82 @@ class KmsgSource:
                 yield frame
                 if n < chunk_rows:
                     return
+
+    def _spans(self, base: Any, chunk_rows: int) -> range | None:
+        """Exclusive lower rowids of ranges of ``chunk_rows`` rowids covering the table.
+
+        ``None`` (read it in one keyset-paginated sequence instead) when one reader is
+        enough: one chunk at most, one CPU, or rowids so sparse that many ranges would be
+        nearly empty.
+        """
+        if _READERS < 2:
+            return None
+        n = self._scalar(base.count())
+        if n <= chunk_rows:
+            return None
+        lo = self._scalar(base.aggregate(__m=base[_ROWID].min()))
+        hi = self._scalar(base.aggregate(__m=base[_ROWID].max()))
+        if hi - lo + 1 > 2 * n or lo <= _FIRST_ROWID or hi > _LAST_ROWID - chunk_rows:
+            return None  # sparse, or bounds that would not be 64-bit integers
+        return range(lo - 1, hi, chunk_rows)
+
+    def _range_chunks(
+        self, arrow: Any, base: Any, cols: list[str], starts: range, span: int
+    ) -> Iterator[pl.DataFrame]:
+        """The table by rowid ranges, in order, two ranges read at once on two connections.
+
+        Each range ``(start, start + span]`` is one query compiled by Ibis; the ADBC
+        driver reads it outside the GIL, so two readers keep two cores busy while the
+        import converts. A range that turns out empty (a gap in the rowids) is skipped.
+        """
+        import ibis
+
+        lo, hi = ibis.param("int64"), ibis.param("int64")
+        part = base.filter((base[_ROWID] > lo) & (base[_ROWID] <= hi)).order_by(_ROWID)
+        rows = part.select(part[_ROWID], *[part[c] for c in cols])
+        query = _Compiled(self.backend, rows, lo, hi)
+        assert self.path is not None
+        path = self.path
+        extra = [c for c in (_open_arrow(path) for _ in range(_READERS - 1)) if c is not None]
+        free: queue.Queue[Any] = queue.Queue()
+        for con in (arrow, *extra):
+            free.put(con)
+
+        def read(start: int) -> pl.DataFrame:
+            con = free.get()
+            try:
+                params = {lo: start, hi: start + span}
+                sql = query.sql(start, start + span)
+                return self._read(con, rows, [_ROWID, *cols], span, params, sql=sql)
+            finally:
+                free.put(con)
+
+        pool = ThreadPoolExecutor(max_workers=1 + len(extra), thread_name_prefix="kmsg-read")
+        ahead: deque[Future[pl.DataFrame]] = deque()
+        try:
+            for start in starts:
+                ahead.append(pool.submit(read, start))
+                if len(ahead) > len(extra):
+                    yield from self._ranged(ahead.popleft().result())
+            while ahead:
+                yield from self._ranged(ahead.popleft().result())
+        finally:
+            for future in ahead:
+                future.cancel()
+            pool.shutdown(wait=True)
+            for con in extra:
+                with contextlib.suppress(Exception):
+                    con.close()
+
+    def _ranged(self, frame: pl.DataFrame) -> Iterator[pl.DataFrame]:
+        """A range's rows without the rowid (nothing for an empty range); notes the rowid."""
+        if frame.height == 0:
+            return
+        top_ = frame.get_column(_ROWID).max()
+        if top_ is not None:
+            top = int(top_)  # type: ignore[arg-type]
+            self.max_rowid = top if self.max_rowid is None else max(self.max_rowid, top)
+        yield frame.drop(_ROWID)
 
     @contextlib.contextmanager
     def _arrow(self) -> Iterator[Any]:
@@ -445,12 +535,13 @@ class KmsgSource:
         if _ROWID in cols:
             schema = {_ROWID: pl.Int64, **schema}
         parts: list[pl.DataFrame] = []
-        cursor = self.backend.raw_sql(self.backend.compile(expr, params=params))
-        try:
-            while rows := cursor.fetchmany(_FETCH_ROWS):
-                parts.append(_loose_frame(rows, list(schema), schema))
-        finally:
-            cursor.close()
+        with self._lock:
+            cursor = self.backend.raw_sql(self.backend.compile(expr, params=params))
+            try:
+                while rows := cursor.fetchmany(_FETCH_ROWS):
+                    parts.append(_loose_frame(rows, list(schema), schema))
+            finally:
+                cursor.close()
         if not parts:
             return pl.DataFrame(schema=schema)
         return pl.concat(parts, how="vertical_relaxed")
@@ -466,12 +557,12 @@ class KmsgSource:
 
 
 class _Compiled:
-    """A query with one ``int64`` parameter, compiled once, its value put in per chunk.
+    """A query with ``int64`` parameters, compiled once, their values put in per chunk.
 
-    Ibis inlines a parameter's value as a number literal: the query is compiled with an
-    unlikely value and that number is replaced by each chunk's (compiling it again per
-    chunk costs more than some reads). Where the number is not found exactly once the
-    query is compiled for each value.
+    Ibis inlines a parameter's value as a number literal: the query is compiled with
+    unlikely values and those numbers are replaced by each chunk's (compiling it again
+    per chunk costs more than some reads). Where a number is not found exactly once the
+    query is compiled for each chunk's values.
 
     Examples
     --------
@@ -482,22 +573,37 @@ class _Compiled:
     >>> query = _Compiled(backend, t.filter(t.x > p), p)
     >>> query.sql(-5) == backend.compile(t.filter(t.x > p), params={p: -5})
     True
+    >>> lo, hi = ibis.param("int64"), ibis.param("int64")
+    >>> query = _Compiled(backend, t.filter((t.x > lo) & (t.x <= hi)), lo, hi)
+    >>> query.sql(3, 7) == backend.compile(
+    ...     t.filter((t.x > lo) & (t.x <= hi)), params={lo: 3, hi: 7})
+    True
     """
 
     _SENTINEL: Final = 7_316_495_208_833_150_447
 
-    def __init__(self, backend: Any, expr: Any, param: Any) -> None:
+    def __init__(self, backend: Any, expr: Any, *params: Any) -> None:
         self.backend = backend
         self.expr = expr
-        self.param = param
-        text = backend.compile(expr, params={param: self._SENTINEL})
-        self.text: str | None = text if text.count(str(self._SENTINEL)) == 1 else None
+        self.params = params
+        marks = [str(self._SENTINEL + 2 * i) for i in range(len(params))]
+        text = backend.compile(
+            expr, params={p: self._SENTINEL + 2 * i for i, p in enumerate(params)}
+        )
+        found = all(text.count(mark) == 1 for mark in marks)
+        self.marks = marks
+        self.text: str | None = text if found else None
 
-    def sql(self, value: int) -> str:
-        """The query for ``value``."""
+    def sql(self, *values: int) -> str:
+        """The query for ``values`` (one per parameter, in order)."""
         if self.text is None:
-            return str(self.backend.compile(self.expr, params={self.param: value}))
-        return self.text.replace(str(self._SENTINEL), str(int(value)))
+            return str(
+                self.backend.compile(self.expr, params=dict(zip(self.params, values, strict=True)))
+            )
+        text = self.text
+        for mark, value in zip(self.marks, values, strict=True):
+            text = text.replace(mark, str(int(value)))
+        return text
 
 
 def _open_arrow(path: Path) -> Any:
