@@ -2,13 +2,16 @@
 
 Writes: rows go to a write-ahead log (acknowledged), then are published in batches as
 one Parquet file per batch into ``history/ingest_date=.../`` (staged outside the
-dataset, renamed in), its rows in requested order with a row group per requested day.
-``compact()`` folds the history past the watermark into
-``current/requested_date=.../part-0.parquet`` (one file per requested day, replaced by
-rename), window by window of days, each window's rows read once (a window of a first
-load, every row its message's only snapshot, keeps them all without the window-max),
-and merges small history files. On DuckDB (the default backend) pyarrow writes the
-batches, folded files and merges in process; another Ibis backend writes every file.
+dataset, renamed in), its rows in requested order with a row group per requested day;
+a large batch (a bulk load) as two files written by two encoders at once and swapped in
+together with the partition's directory. ``compact()`` folds the history past the
+watermark into ``current/requested_date=.../part-0.parquet`` (one file per requested
+day, replaced by rename), window by window of days: a window first reads the columns
+that choose each message's winning snapshot, then the whole rows of the winners only (a
+window of a first load, every row its message's only snapshot, keeps them all without
+the window-max), and merges small history files. On DuckDB (the default backend)
+pyarrow writes the batches, folded files and merges in process; another Ibis backend
+writes every file.
 ``bulk()`` holds the automatic folds back until a bulk load ends. Reads: the compacted
 current state, anti-joined with the few snapshots newer than the watermark, which are
 kept decoded in memory between queries.
@@ -30,6 +33,7 @@ import os
 import shutil
 import threading
 import time
+import uuid
 import warnings
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -50,9 +54,11 @@ from ._lakefs import (
     HistoryFile,
     LakePaths,
     WriteAheadLog,
+    exchange_supported,
     history_name,
     history_rows,
     orphan_wals,
+    publish_together,
     read_json,
     read_wal_lines,
     replace_dir,
@@ -66,6 +72,7 @@ from ._queries import latest, snapshot_key
 from ._records import POLLABLE_STATUSES, RecordFilter, TrackingRecord
 from ._schema import (
     CURRENT_PARTITION,
+    CURRENT_SCHEMA,
     FORMAT_VERSION,
     GATEWAY_FLAG,
     POLARS_CURRENT_SCHEMA,
@@ -93,7 +100,7 @@ _BIG_FILE_ROWS = 100_000  # nor files of this many rows (see _merge_history_lock
 #: keeps them all without the window-max (tests turn this off to compare the two)
 _LONE_ROWS_WIN = True
 #: rows a fold holds at once: a window's new snapshots plus its days' current rows
-_FOLD_WINDOW_ROWS = 200_000
+_FOLD_WINDOW_ROWS = 400_000
 #: threads writing folded days while the next window is read
 _FOLD_WRITERS = 2
 #: provisional seq of rows not yet published (newer than any published row)
@@ -103,6 +110,8 @@ _ENTRY_KINDS = ("send", "load", "patch")
 _HIVE = {CURRENT_PARTITION: pl.Date}
 _DAY = pl.col("requested_at").dt.date()
 _ID_HASH = pl.col("message_id").hash().alias("h")
+#: the columns a fold chooses each day's winning snapshots by (read before the others)
+_KEY_COLUMNS = ("seq", "snapshot_kind", "message_id", CURRENT_PARTITION)
 #: reads tried when a history file vanishes under them (a merge replaced it)
 _READ_ATTEMPTS = 5
 #: zstd at level 1 for folded files: half the CPU of the default level, files ~10% larger.
@@ -137,6 +146,10 @@ _RANDOM_COLUMNS = frozenset({"to_hash", "from_hash", "to_enc", "from_enc"})
 _WRITE_BATCH_ROWS = 65_536
 #: a fold window's rows are sorted by day when its days come in more runs than this each
 _MAX_RUNS_PER_DAY = 256
+#: a batch of this many rows is written as two files by two encoders, swapped in at once
+_SPLIT_ROWS = 131_072
+#: ... when its history partition holds at most this many files (each is hard-linked)
+_SPLIT_MAX_FILES = 256
 _LOCAL_ONLY_OPTIONS = frozenset({"backend", "flush_rows", "flush_seconds", "fsync"})
 _T = TypeVar("_T")
 #: what a merge-on-read looked up: the requested days (``None``: all) and whether beyond them
@@ -501,28 +514,72 @@ class ParquetTrackingStore(RetriedReads):
 
         Rows are numbered in the order given, then stored in requested-time order (a
         stable sort), so the file holds one row group per requested day. One call is one
-        file, renamed in at once: a load is visible whole or not at all (two files
-        written at once would be faster, but a reader or a crash between their renames
-        would see half of it).
+        file, renamed in at once: a load is visible whole or not at all. A batch of
+        :data:`_SPLIT_ROWS` or more is two files (two encoders at once), which appear
+        together in one directory swap (:meth:`_publish_halves`): still whole or not at
+        all, for a reader and for a crash.
         """
         lo = state["seq"] + 1
         hi = state["seq"] + table.num_rows
         seq = pl.int_range(lo, hi + 1, dtype=pl.Int64, eager=True).to_arrow()
-        table = _by_requested_time(table.set_column(0, SNAPSHOT_SCHEMA.field("seq"), seq))
+        table = table.set_column(0, SNAPSHOT_SCHEMA.field("seq"), seq)
         day = datetime.now(UTC).date()
         folder = self.paths.history / f"ingest_date={day.isoformat()}"
-        folder.mkdir(exist_ok=True)
-        staged = self.paths.staging_file()
-        self._write_parquet(table, staged)
-        final = folder / history_name(lo, hi, wal_id or None)
-        os.rename(staged, final)
+        if table.num_rows >= _SPLIT_ROWS and self._can_publish_together(folder):
+            tables, finals = self._publish_halves(table, lo, hi, wal_id, folder)
+        else:
+            folder.mkdir(exist_ok=True)
+            tables = [_by_requested_time(table)]
+            staged = self.paths.staging_file()
+            self._write_parquet(tables[0], staged)
+            finals = [folder / history_name(lo, hi, wal_id or None)]
+            os.rename(staged, finals[0])
         state = {**state, "seq": hi, "last_wal": wal_id}
         self._write_state(state)
         self._winners = None
         if keep_cache and not self._bulk_depth and self._cache_w == state["watermark"]:
-            self._cache_tail.append(table)  # decoded when next read, not on the write path
-            self._cache_files.add(final)
+            self._cache_tail.extend(tables)  # decoded when next read, not on the write path
+            self._cache_files.update(finals)
         return state
+
+    def _can_publish_together(self, folder: Path) -> bool:
+        """Whether a large batch may go in as two files swapped in at once (see below)."""
+        if not self._local_writes or not exchange_supported(self.paths.staging):
+            return False
+        try:
+            return sum(1 for _ in os.scandir(folder)) <= _SPLIT_MAX_FILES
+        except FileNotFoundError:
+            return True
+
+    def _publish_halves(
+        self, table: pa.Table, lo: int, hi: int, wal_id: str | None, folder: Path
+    ) -> tuple[list[pa.Table], list[Path]]:
+        """Write a large batch as two files at once (two encoders), published together.
+
+        The first half of the rows (``seq`` ``lo`` to ``mid``) and the second are each
+        sorted by requested time and written on their own thread; then both appear in
+        ``folder`` in one directory swap (:func:`publish_together`): a reader or a crash
+        sees the whole batch or none of it, as with one file.
+        """
+        mid = lo + table.num_rows // 2 - 1
+        halves = [(table.slice(0, mid - lo + 1), lo, mid), (table.slice(mid - lo + 1), mid + 1, hi)]
+        stage = self.paths.staging / f"{uuid.uuid4().hex}.halves"
+        stage.mkdir()
+        staged = [stage / history_name(a, b, wal_id or None) for _, a, b in halves]
+
+        def write(half: pa.Table, path: Path) -> pa.Table:
+            ordered = _by_requested_time(half)
+            self._write_parquet(ordered, path)
+            return ordered
+
+        with ThreadPoolExecutor(2, "kmsg-publish") as pool:
+            done = [
+                pool.submit(write, t, path) for (t, _, _), path in zip(halves, staged, strict=True)
+            ]
+            tables = [f.result() for f in done]
+        publish_together(staged, folder, self.paths.staging)
+        stage.rmdir()
+        return tables, [folder / path.name for path in staged]
 
     @property
     def _local_writes(self) -> bool:
@@ -1054,6 +1111,7 @@ class ParquetTrackingStore(RetriedReads):
         )
         rows_of = dict(zip(per_day.get_column("d").to_list(), per_day.get_column("n"), strict=True))
         spans = [(f.path, _requested_span(f.path)) for f in files]
+        first = not self._current_files()  # every row of current/ will be this fold's
         written: dict[date, int] = {}
         open_rows: dict[date, pl.DataFrame] = {}
         one_day: list[pl.DataFrame] = []  # (h, d): new messages seen on one day of a window
@@ -1067,13 +1125,13 @@ class ParquetTrackingStore(RetriedReads):
                     several = pl.col("d0") != pl.col("d1")
                     many_days.append(entered.filter(several).get_column("h"))
                     one_day.append(entered.filter(~several).select("h", pl.col("d0").alias("d")))
-                    tables = _copied_days(merged, window, open_rows)
+                    tables = _copied_days(merged, window, open_rows, flags=self._flags)
                     del merged, entered  # the window's buffers go before the next is read
                     written.update((day, t.num_rows) for day, t in tables.items())
                     writer.write(tables)
 
         fold(sorted(rows_of), {})
-        exclude = self._moved_locked(one_day, many_days, delta, w)
+        exclude = self._moved_locked(one_day, many_days, delta, w, first=first)
         one_day.clear()
         many_days.clear()
         if exclude:
@@ -1166,12 +1224,16 @@ class ParquetTrackingStore(RetriedReads):
 
         ``spans`` are the history files past ``w`` with the requested times they hold
         (``None``: unknown); only those that overlap the days are read.
-        The days' current rows as of ``w`` and their snapshots past ``w`` are read once;
-        rows of messages that ``exclude`` moves off a day are dropped; per day and message
-        the snapshot that wins by the precedence rule stays (the column ``requested_date``
-        says the day; a day's rows come in a few runs). The second frame has, per id
-        hash ``h`` of the window's snapshots past ``w``, whether one (re)states the
-        message (``entered``) and its first and last requested day (``d0``, ``d1``).
+        The days' current rows as of ``w`` and their snapshots past ``w`` are read in two
+        passes: first the columns that choose the winners (``seq``, ``snapshot_kind``,
+        ``message_id``, the day), then every column of the winning rows only (the scan
+        decodes the other columns of those rows alone). Rows of messages that
+        ``exclude`` moves off a day are dropped; per day and message the snapshot that
+        wins by the precedence rule stays (the column ``requested_date`` says the day; a
+        day's rows come in a few runs, in the order the sources list them). The second
+        frame has, per id hash ``h`` of the window's snapshots past ``w``, whether one
+        (re)states the message (``entered``) and its first and last requested day
+        (``d0``, ``d1``).
         """
         start = datetime.combine(days[0], datetime.min.time(), UTC)
         end = datetime.combine(days[-1], datetime.min.time(), UTC) + timedelta(days=1)
@@ -1188,7 +1250,7 @@ class ParquetTrackingStore(RetriedReads):
         old = [str(p) for p in map(self.paths.current_file, days) if p.exists()]
         if old:
             parts.insert(0, _scan_current_files(old).filter(pl.col("seq") <= w))
-        frame = pl.concat(parts, how="vertical_relaxed").collect()
+        frame = pl.concat([p.select(_KEY_COLUMNS) for p in parts], how="vertical_relaxed").collect()
         messages = (
             frame.lazy()
             .filter(pl.col("seq") > w)
@@ -1215,16 +1277,17 @@ class ParquetTrackingStore(RetriedReads):
         k = snapshot_key()
         by = (CURRENT_PARTITION, "message_id")
         if not alone:
-            frame = frame.with_columns(
-                (k == k.max().over(*by)).alias("__top"),
-                (pl.col("seq").min().over(*by) > w).alias("__fresh"),
-            )
+            frame = frame.with_columns((k == k.max().over(*by)).alias("__top"))
+        if old:  # whether a (day, message) had no row before (without current rows: all)
+            frame = frame.with_columns((pl.col("seq").min().over(*by) > w).alias("__fresh"))
         # a winner past w on a day that held no row of its message, stated by no send,
         # load or patch: a poll that moved its message here from another day (or one of
         # a message never sent). It is noted like a new message: it may have to leave.
         stray = ~pl.col("snapshot_kind").is_in(_ENTRY_KINDS)
         if not alone:  # (alone: every row wins and is its message's first here)
-            stray = stray & pl.col("__top") & pl.col("__fresh")
+            stray = stray & pl.col("__top")
+        if old:
+            stray = stray & pl.col("__fresh")
         strays = (
             frame.lazy()
             .filter(stray)
@@ -1239,8 +1302,15 @@ class ParquetTrackingStore(RetriedReads):
         )
         if strays.height:
             entered = pl.concat([entered, strays], how="vertical_relaxed")
-        merged = frame if alone else frame.filter(pl.col("__top")).drop("__top", "__fresh")
-        del frame
+        if alone and not gone:  # every row read wins
+            merged = pl.concat(parts, how="vertical_relaxed").collect()
+        else:
+            # the winners' rows (unique by seq), in the order the sources list them
+            won = (frame if alone else frame.filter(pl.col("__top"))).get_column("seq")
+            del frame
+            wins = pl.col("seq").is_in(won.implode())
+            merged = pl.concat([p.filter(wins) for p in parts], how="vertical_relaxed").collect()
+            del won
         # each source lists a day's rows together (current files hold one day, history
         # batches are in requested order): a day is a few runs, no sort needed
         runs = merged.get_column(CURRENT_PARTITION).rle_id().max()
@@ -1257,11 +1327,22 @@ class ParquetTrackingStore(RetriedReads):
         os.replace(staged, target)
 
     def _folded(self, rows: pa.Table) -> pa.Table:
-        """Folded rows as the lake's format writes them: with the gateway flag from format 2."""
-        return with_gateway_flag(rows) if self._flags else rows
+        """Folded rows as the lake's format writes them: with the gateway flag from format 2.
+
+        Rows that already carry the flag (a fold computed it for a whole window) keep it.
+        """
+        if not self._flags:
+            return rows
+        return rows if GATEWAY_FLAG in rows.column_names else with_gateway_flag(rows)
 
     def _moved_locked(
-        self, one_day: list[pl.DataFrame], many_days: list[pl.Series], delta: pl.LazyFrame, w: int
+        self,
+        one_day: list[pl.DataFrame],
+        many_days: list[pl.Series],
+        delta: pl.LazyFrame,
+        w: int,
+        *,
+        first: bool = False,
     ) -> dict[date, list[str]]:
         """Messages (re-)entered past ``w`` whose current row must leave a requested day.
 
@@ -1270,16 +1351,22 @@ class ParquetTrackingStore(RetriedReads):
         seen on several. Returns, per day, the ids that day must not hold: the message's
         winning snapshot (by the precedence rule) lives on another day. Candidates are
         found on the hashes (12 bytes per message), then checked on the ids themselves.
+        With ``first`` (``current/`` was empty when the fold began) every row of
+        ``current/`` is a winner the windows noted, so it is not searched for more.
         """
         # only messages seen on more than one requested day can be misplaced: on several
         # days of one window, in two windows (a hash twice), or in current/ on another day
         hashes = list(many_days)
-        singles = pl.concat(one_day) if one_day else pl.DataFrame()
+        singles = pl.concat(one_day, rechunk=False) if one_day else pl.DataFrame()
+        one_day.clear()  # (the caller's frames: singles holds them now)
+        files = [] if first else self._current_files()
         if singles.height:
-            h = singles.get_column("h").sort()
+            h = singles.get_column("h")
+            if not files:  # only the hashes are needed: let the days go
+                singles = pl.DataFrame()
+            h = h.sort()
             hashes.append(h.filter(h == h.shift(1)))
             del h
-        files = self._current_files()
         if files and singles.height:
             # any row on another day, also one this fold already replaced with a snapshot
             # past w (a poll on the old day, then one that moved the message)
@@ -1628,44 +1715,60 @@ class _DayWriter:
                 self._pending.append(self._pool.submit(self._store._replace_day, day, rows))
 
 
-def _split_days(merged: pl.DataFrame, days: Sequence[date]) -> dict[date, pl.DataFrame]:
-    """Each of ``days`` with its rows of ``merged`` (a ``requested_date`` column), in order.
-
-    A day's rows are gathered from the runs of that day in ``merged``, without copying
-    (slices of its buffers); a day without rows gets an empty frame (every message it
-    held moved to another day).
-    """
-    runs = merged.get_column(CURRENT_PARTITION).rle().struct.unnest()
-    at: dict[date, list[tuple[int, int]]] = {}
-    offset = 0
-    for n, day in zip(runs.get_column("len"), runs.get_column("value"), strict=True):
-        at.setdefault(day, []).append((offset, n))
-        offset += n
-    rows = merged.drop(CURRENT_PARTITION)
-    empty = rows.clear()
-    return {
-        day: pl.concat([rows.slice(*run) for run in at[day]], rechunk=False) if day in at else empty
-        for day in days
-    }
-
-
 def _copied_days(
-    merged: pl.DataFrame, days: Sequence[date], open_rows: dict[date, pl.DataFrame]
+    merged: pl.DataFrame,
+    days: Sequence[date],
+    open_rows: dict[date, pl.DataFrame],
+    *,
+    flags: bool,
 ) -> dict[date, pa.Table]:
     """Each day's rows of a folded window as an Arrow table; its open rows into ``open_rows``.
 
-    Both are copies: the window's rows are views into the buffers of everything it read,
-    which would otherwise stay alive as long as any of them.
+    The window is converted once (with :data:`GATEWAY_FLAG` when ``flags``), its strings
+    as views, not copied: a day's table is a few slices of it (a day comes in a few
+    runs), sharing the window's buffers until the day is written. A day without rows
+    gets an empty table (every message it held moved to another day). The open rows
+    are copies (kept until the end of the fold), with their ``requested_date``.
     """
-    tables: dict[date, pa.Table] = {}
-    for day, rows in _split_days(merged, days).items():
-        tables[day] = rows.to_arrow()
-        still_open = pl.from_arrow(
-            rows.filter(pl.col("status").is_in(POLLABLE_STATUSES)).to_arrow()
-        )
-        assert isinstance(still_open, pl.DataFrame)
-        open_rows[day] = still_open.with_columns(pl.lit(day).alias(CURRENT_PARTITION))
-    return tables
+    still_open = merged.filter(pl.col("status").is_in(POLLABLE_STATUSES))
+    copied = pl.from_arrow(still_open.to_arrow())  # detached from the window's buffers
+    assert isinstance(copied, pl.DataFrame)
+    opened = copied.partition_by(CURRENT_PARTITION, as_dict=True)
+    for day in days:
+        open_rows[day] = opened.get((day,), copied.clear())
+    rows = merged.drop(CURRENT_PARTITION)
+    if flags:
+        rows = rows.with_columns(gateway_flag().alias(GATEWAY_FLAG))
+    table = _arrow_views(rows)
+    if flags:  # never null: declared so, as with_gateway_flag does
+        i = table.schema.get_field_index(GATEWAY_FLAG)
+        table = table.set_column(i, CURRENT_SCHEMA.field(GATEWAY_FLAG), table.column(i))
+    runs = merged.get_column(CURRENT_PARTITION).rle().struct.unnest()
+    at: dict[date, list[pa.Table]] = {}
+    offset = 0
+    for n, day in zip(runs.get_column("len"), runs.get_column("value"), strict=True):
+        at.setdefault(day, []).append(table.slice(offset, n))
+        offset += n
+    return {day: pa.concat_tables(at[day]) if day in at else table.slice(0, 0) for day in days}
+
+
+def _arrow_views(frame: pl.DataFrame) -> pa.Table:
+    """``frame`` as Arrow without copying its strings (string views; Parquet has strings).
+
+    Text inside a struct (``last_error``) is cast to plain strings: pyarrow's writer cannot
+    slice views there, and those columns are small.
+    """
+    table = frame.to_arrow(compat_level=pl.CompatLevel.newest())
+    for i, field in enumerate(table.schema):
+        if pa.types.is_struct(field.type) and any(
+            pa.types.is_string_view(f.type) for f in field.type.fields
+        ):
+            plain = pa.struct(
+                [f.with_type(pa.string()) if pa.types.is_string_view(f.type) else f
+                 for f in field.type.fields]
+            )  # fmt: skip
+            table = table.set_column(i, field.with_type(plain), table.column(i).cast(plain))
+    return table
 
 
 def _by_requested_time(table: pa.Table) -> pa.Table:
@@ -1713,8 +1816,15 @@ def _folded_options(table: pa.Table) -> dict[str, Any]:
     }
 
 
-#: the lake's columns, every one nullable (as files written by an Ibis backend declare them)
-_ANY_NULLS = pa.schema([f.with_nullable(True) for f in SNAPSHOT_SCHEMA])
+#: the lake's columns, every one nullable (as files written by an Ibis backend declare
+#: them), text as string views (as Polars holds it: no copy; Parquet has strings)
+_ANY_NULLS = pa.schema(
+    [
+        f.with_nullable(True).with_type(pa.string_view()) if f.type == pa.string() else
+        f.with_nullable(True)
+        for f in SNAPSHOT_SCHEMA
+    ]
+)  # fmt: skip
 
 
 def _file_batches(paths: Sequence[Path]) -> pa.RecordBatchReader:
@@ -1722,7 +1832,7 @@ def _file_batches(paths: Sequence[Path]) -> pa.RecordBatchReader:
 
     def batches() -> Iterator[pa.RecordBatch]:
         for path in paths:
-            table = _read_files([path]).to_arrow().cast(_ANY_NULLS)
+            table = _arrow_views(_read_files([path])).cast(_ANY_NULLS)
             yield from table.to_batches()
 
     return pa.RecordBatchReader.from_batches(_ANY_NULLS, batches())

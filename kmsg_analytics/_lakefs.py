@@ -30,7 +30,14 @@ import pyarrow.parquet as pq
 
 from ._errors import LakeError
 
-__all__ = ["HistoryFile", "LakePaths", "WriteAheadLog", "write_row_groups"]
+__all__ = [
+    "HistoryFile",
+    "LakePaths",
+    "WriteAheadLog",
+    "exchange_supported",
+    "publish_together",
+    "write_row_groups",
+]
 
 log = logging.getLogger("kmsg_analytics.lake")
 
@@ -262,6 +269,60 @@ def replace_dir(new: Path, target: Path, trash: Path) -> None:
 
 
 _JOURNAL = ".replace.json"
+
+#: staging folders whose filesystem swaps directories atomically (probed once each)
+_exchange_known: dict[str, bool] = {}
+
+
+def exchange_supported(staging: Path) -> bool:
+    """Whether directories on ``staging``'s filesystem can be swapped atomically.
+
+    Probed once per folder (two empty directories made and swapped in ``staging``).
+    """
+    key = str(staging)
+    known = _exchange_known.get(key)
+    if known is None:
+        a, b = (staging / f"{uuid.uuid4().hex}.probe" for _ in range(2))
+        a.mkdir()
+        b.mkdir()
+        try:
+            known = exchange_dirs(a, b)
+        except OSError:
+            known = False
+        finally:
+            for d in (a, b):
+                shutil.rmtree(d, ignore_errors=True)
+        _exchange_known[key] = known
+    return known
+
+
+def publish_together(files: Sequence[Path], folder: Path, staging: Path) -> None:
+    """Move staged ``files`` into ``folder`` at once: a reader sees all of them or none.
+
+    A new directory in ``staging`` gets hard links to ``folder``'s files and the new
+    files, then takes ``folder``'s place in one rename (a swap with
+    :func:`exchange_dirs`, which :func:`exchange_supported` must allow). Each file
+    ``folder`` had keeps its path (the same file under the same name), so a reader that
+    listed it before reads it after. Killed before the swap, nothing is visible (the
+    staging debris is cleared by the next writer); after it, everything is.
+    """
+    newdir = staging / f"{uuid.uuid4().hex}.publish"
+    newdir.mkdir()
+    present = folder.exists()
+    if present:
+        for entry in os.scandir(folder):
+            if entry.is_file(follow_symlinks=False):
+                os.link(entry.path, newdir / entry.name)
+    for f in files:
+        os.rename(f, newdir / f.name)
+    if not present:
+        os.rename(newdir, folder)
+        return
+    if not exchange_dirs(newdir, folder):
+        shutil.rmtree(newdir, ignore_errors=True)
+        msg = f"cannot swap {folder} atomically on this filesystem"
+        raise OSError(errno.EOPNOTSUPP, msg, str(folder))
+    shutil.rmtree(newdir, ignore_errors=True)  # the old directory: links to the same files
 
 
 def restore_replaced_dirs(staging: Path) -> int:

@@ -136,6 +136,8 @@ def with_gateway_flag(table: pa.Table) -> pa.Table:
     if GATEWAY_FLAG in table.column_names:
         table = table.drop_columns([GATEWAY_FLAG])
     ids = table.column("provider_message_id")
+    if pa.types.is_string_view(ids.type):  # (from Polars without a copy) no length kernel
+        ids = ids.cast(pa.string())
     flag = pc.fill_null(pc.greater(pc.binary_length(ids), 0), False)
     last = table.schema.get_field_index(SNAPSHOT_SCHEMA.names[-1])
     at = last + 1 if last >= 0 else table.num_columns

@@ -273,3 +273,80 @@ def test_history_files_with_many_rows_are_not_merged(
     assert big <= names  # untouched
     assert len(names) == 2  # the two small batches became one file
     assert lake.history().select(pl.len()).collect().item() == 12
+
+
+def _first_history(svc: DeliveryTrackingService, store: TrackingStore) -> None:
+    """Sends, a load and resends over seven days, nothing folded: a first fold's input."""
+    for i in range(20):
+        svc.record_send(*send_pair(f"w{i:02d}", BASE + timedelta(days=i % 5, minutes=i)))
+    load(store, records([f"w{i:02d}" for i in range(0, 20, 3)], [4, 4, 0, 1, 2, 3, 0]))
+    for i in (1, 7):  # resent on another day: the message moves there
+        svc.record_send(*send_pair(f"w{i:02d}", BASE + timedelta(days=6, hours=i)))
+    svc.record_send(*send_pair("w01", BASE + timedelta(days=2, hours=5)))  # and back
+
+
+@pytest.mark.parametrize("window", [1, 7, 10**9])
+def test_a_first_fold_into_an_empty_lake_places_moved_messages_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: int
+) -> None:
+    """No ``current/`` yet: messages on several days (one window or several) fold once."""
+    monkeypatch.setattr(lake_module, "_FOLD_WINDOW_ROWS", window)
+    memory = DeliveryTrackingService([Gateway()], store=InMemoryTrackingStore(hash_key=KEY))
+    _first_history(memory, memory.store)
+    store = ParquetTrackingStore(tmp_path / "lake", hash_key=KEY, compact_rows=10**9)
+    svc = DeliveryTrackingService([Gateway()], store=store)
+    with store.bulk():
+        _first_history(svc, store)
+        store.flush()
+        before = current_rows(store)  # merge-on-read
+    assert store.stats()["watermark"] == store.stats()["seq"]  # folded, from nothing
+    files = pl.read_parquet(
+        store.paths.root / "current" / "**" / "*.parquet", hive_partitioning=True
+    )
+    assert files.get_column("message_id").is_unique().all()
+    assert_frame_equal(current_rows(store), before)
+    cols = ("message_id", "status", "requested_at", "provider_message_id")
+    want = memory.list_records().select(cols).collect().sort("message_id")
+    assert_frame_equal(svc.list_records().select(cols).collect().sort("message_id"), want)
+    moved = files.filter(pl.col("message_id").is_in(["w01", "w07"])).sort("message_id")
+    assert moved.get_column("requested_date").to_list() == [
+        (BASE + timedelta(days=2)).date(),
+        (BASE + timedelta(days=6)).date(),
+    ]
+    store.close()
+
+
+# --------------------------------------------------------------------------- two encoders
+
+
+def test_a_large_batch_is_published_as_two_files_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two halves by seq, each in requested order; files already there keep their inodes."""
+    monkeypatch.setattr(lake_module, "_SPLIT_ROWS", 6)
+    memory = InMemoryTrackingStore(hash_key=KEY)
+    store = ParquetTrackingStore(tmp_path / "lake", hash_key=KEY, compact_rows=10**9)
+    first = records([f"a{i}" for i in range(3)], [0, 1, 2])  # small: one file
+    second = records([f"b{i}" for i in range(9)], [3, 0, 2, 1, 0, 4, 2, 1, 3])
+    for each in (store, memory):
+        load(each, first)
+    before = {f.path.name: f.path.stat().st_ino for f in store.paths.history_files()}
+    for each in (store, memory):
+        load(each, second)
+    files = store.paths.history_files()
+    assert [(f.lo, f.hi) for f in files] == [(1, 3), (4, 7), (8, 12)]
+    assert {f.path.name: f.path.stat().st_ino for f in files[:1]} == before
+    for f in files[1:]:
+        table = pq.read_table(f.path)
+        at = table.column("requested_at").to_pylist()
+        assert at == sorted(at)  # each half in requested order (a row group per day)
+        assert sorted(table.column("seq").to_pylist()) == list(range(f.lo, f.hi + 1))
+    assert not list(store.paths.staging.iterdir())  # no debris
+    want = memory.list_records(RecordFilter(), 100).collect().sort("message_id")
+    assert_frame_equal(store.list_records(RecordFilter(), 100).collect().sort("message_id"), want)
+    store.compact()
+    assert_frame_equal(store.list_records(RecordFilter(), 100).collect().sort("message_id"), want)
+    store.close()
+    reopened = ParquetTrackingStore(tmp_path / "lake", hash_key=KEY)
+    assert reopened.count_records(RecordFilter()) == 12
+    reopened.close()
