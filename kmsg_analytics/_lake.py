@@ -273,6 +273,11 @@ class ParquetTrackingStore(RetriedReads):
         self._cache_rows = pl.DataFrame(schema=POLARS_SCHEMA)
         self._cache_tail: list[pa.Table] = []  # our own batches, published but not decoded
         self._winners: tuple[_Scope, _Merge] | None = None
+        # rows of current/ (any day) of resent messages, looked up by id: (watermark, ids
+        # looked up, rows found); kept until the next fold, so each id is looked up once
+        self._far: tuple[int, pl.DataFrame, pl.DataFrame] | None = None
+        # current/ files' message_id range, per (size, mtime): which files a lookup reads
+        self._id_ranges: dict[str, tuple[tuple[int, int], str | None, str | None]] = {}
         # footers read: (size, mtime) -> whether the file carries the gateway flag
         self._footers_ok: dict[str, tuple[tuple[int, int], bool]] = {}
         self._flags = True  # whether folds write the gateway flag (format 2; set per fold)
@@ -804,18 +809,19 @@ class ParquetTrackingStore(RetriedReads):
                 lookup = lookup.filter(pl.col(CURRENT_PARTITION).is_in(scope))
             found = lookup.join(entered.lazy(), on="message_id", how="semi").collect()
             missing = entered.join(found.select("message_id"), on="message_id", how="anti")
-            if beyond and scope is not None and missing.height:
-                # a message may live on a day outside the scope: a resend that did not
-                # move it (polling had reached a state a send never replaces). Looked up
-                # by value, so each file's message_id statistics skip most files.
-                ids = missing.get_column("message_id").to_list()  # a list: statistics prune
-                far = (
-                    self._scan_current()
-                    .filter(
-                        ~pl.col(CURRENT_PARTITION).is_in(scope) & pl.col("message_id").is_in(ids)
-                    )
-                    .collect()
+            if scope is not None and not beyond:
+                # a resend loses to a state polling reached (a send never replaces it),
+                # which may sit on a day outside the scope; a load or patch always wins,
+                # so only messages entered by sends alone can have such a row that matters
+                sends_only = (
+                    rows.group_by("message_id")
+                    .agg((pl.col("snapshot_kind") == "send").all().alias("sends"))
+                    .filter("sends")
+                    .select("message_id")
                 )
+                missing = missing.join(sends_only, on="message_id", how="semi")
+            if scope is not None and missing.height:
+                far = self._far_rows(missing, w)
                 found = pl.concat([found, far], how="vertical_relaxed")
         combined = pl.concat([found.drop(CURRENT_PARTITION), rows], how="vertical")
         last = latest(combined.unique(["message_id", "seq"], keep="first").lazy()).collect()
@@ -826,6 +832,60 @@ class ParquetTrackingStore(RetriedReads):
         )
         replaced = pl.concat([found.get_column("seq"), opened.get_column("seq")]).unique()
         return _Merge(last, days.unique().sort().to_list(), replaced, w)
+
+    def _far_rows(self, ids: pl.DataFrame, w: int) -> pl.DataFrame:
+        """Rows of ``current/`` (any day) for ``ids``; each id looked up once per fold.
+
+        Called under the mutex. Only the files whose ``message_id`` range (from their
+        footers, read once) overlaps the ids' are read: ids that grow with time, such as
+        ULIDs, are looked up on the newest days only.
+        """
+        if self._far is None or self._far[0] != w:
+            empty = pl.DataFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
+            self._far = (w, pl.DataFrame(schema={"message_id": pl.String}), empty)
+        _w, checked, found = self._far
+        new = ids.join(checked, on="message_id", how="anti")
+        if new.height:
+            names = new.get_column("message_id")
+            files = self._files_holding(str(names.min()), str(names.max()))
+            more = (
+                _scan_current_files(files).join(new.lazy(), on="message_id", how="semi").collect()
+                if files
+                else found.clear()
+            )
+            checked = pl.concat([checked, new], how="vertical")
+            found = pl.concat([found, more], how="vertical_relaxed")
+            self._far = (w, checked, found)
+        return found.join(ids, on="message_id", how="semi")
+
+    def _files_holding(self, lo: str, hi: str) -> list[str]:
+        """The files of ``current/`` whose ``message_id`` range overlaps ``[lo, hi]``.
+
+        Each footer is read once per (size, mtime). A file whose footer cannot be read
+        is left out: this lookup serves a query that did not ask for its day, and every
+        query that does (and ``doctor``) names the file.
+        """
+        out = []
+        for name in self._current_files():
+            try:
+                st = os.stat(name)
+            except FileNotFoundError:
+                continue
+            stamp = (st.st_size, st.st_mtime_ns)
+            known = self._id_ranges.get(name)
+            if known is None or known[0] != stamp:
+                try:
+                    known = (stamp, *_id_range(pq.read_metadata(name)))
+                except FileNotFoundError:
+                    continue
+                except Exception:  # damaged: see the docstring
+                    log.warning("skipping %s: its footer cannot be read", name)
+                    continue
+                self._id_ranges[name] = known
+            _stamp, first, last = known
+            if (first is None or first <= hi) and (last is None or lo <= last):
+                out.append(name)
+        return out
 
     def _open_rows(self, ids: pl.DataFrame) -> pl.DataFrame:
         """``message_id``, ``seq`` and requested day of the rows of ``open/`` for ``ids``."""
@@ -1459,6 +1519,21 @@ def _read_files(paths: list[Path]) -> pl.DataFrame:
         if found is None:
             raise
         raise found from err
+
+
+def _id_range(meta: pq.FileMetaData) -> tuple[str | None, str | None]:
+    """The smallest and largest ``message_id`` a file's statistics state (``None``: unknown)."""
+    column = meta.schema.to_arrow_schema().get_field_index("message_id")
+    first: str | None = None
+    last: str | None = None
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            return None, None
+        lo, hi = str(stats.min), str(stats.max)
+        first = lo if first is None or lo < first else first
+        last = hi if last is None or hi > last else last
+    return first, last
 
 
 def _scan_current_files(files: Sequence[str]) -> pl.LazyFrame:
