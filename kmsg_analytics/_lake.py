@@ -815,13 +815,12 @@ class ParquetTrackingStore(RetriedReads):
             [entered, polled.join(opened.select("message_id"), on="message_id", how="anti")]
         ).unique()
         found = pl.DataFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
-        if entered.height:
-            lookup = self._scan_current(scope)
-            if scope is not None:
-                lookup = lookup.filter(pl.col(CURRENT_PARTITION).is_in(scope))
-            found = lookup.join(entered.lazy(), on="message_id", how="semi").collect()
+        if entered.height and scope is None:
+            found = self._rows_of(entered, w)
+        elif entered.height and scope is not None:
+            found = _lookup(self._files_of(scope), entered.get_column("message_id"))
             missing = entered.join(found.select("message_id"), on="message_id", how="anti")
-            if scope is not None and not beyond:
+            if not beyond:
                 # a resend loses to a state polling reached (a send never replaces it),
                 # which may sit on a day outside the scope; a load or patch always wins,
                 # so only messages entered by sends alone can have such a row that matters
@@ -832,9 +831,8 @@ class ParquetTrackingStore(RetriedReads):
                     .select("message_id")
                 )
                 missing = missing.join(sends_only, on="message_id", how="semi")
-            if scope is not None and missing.height:
-                far = self._far_rows(missing, w)
-                found = pl.concat([found, far], how="vertical_relaxed")
+            if missing.height:
+                found = pl.concat([found, self._rows_of(missing, w)], how="vertical_relaxed")
         combined = pl.concat([found.drop(CURRENT_PARTITION), rows], how="vertical")
         last = latest(combined.unique(["message_id", "seq"], keep="first").lazy()).collect()
         last = last.with_columns(pl.col("requested_at").dt.date().alias(CURRENT_PARTITION))
@@ -845,7 +843,7 @@ class ParquetTrackingStore(RetriedReads):
         replaced = pl.concat([found.get_column("seq"), opened.get_column("seq")]).unique()
         return _Merge(last, days.unique().sort().to_list(), replaced, w)
 
-    def _far_rows(self, ids: pl.DataFrame, w: int) -> pl.DataFrame:
+    def _rows_of(self, ids: pl.DataFrame, w: int) -> pl.DataFrame:
         """Rows of ``current/`` (any day) for ``ids``; each id looked up once per fold.
 
         Called under the mutex. Only the files whose ``message_id`` range (from their
@@ -859,16 +857,18 @@ class ParquetTrackingStore(RetriedReads):
         new = ids.join(checked, on="message_id", how="anti")
         if new.height:
             names = new.get_column("message_id")
-            files = self._files_holding(str(names.min()), str(names.max()))
-            more = (
-                _scan_current_files(files).join(new.lazy(), on="message_id", how="semi").collect()
-                if files
-                else found.clear()
-            )
+            more = _lookup(self._files_holding(str(names.min()), str(names.max())), names)
             checked = pl.concat([checked, new], how="vertical")
             found = pl.concat([found, more], how="vertical_relaxed")
             self._far = (w, checked, found)
         return found.join(ids, on="message_id", how="semi")
+
+    def _files_of(self, scope: tuple[date, ...]) -> list[str]:
+        """The files of ``current/`` on the days of ``scope``, their footers checked."""
+        days = {f"{CURRENT_PARTITION}={d.isoformat()}" for d in scope}
+        files = [f for f in self._current_files() if os.path.basename(os.path.dirname(f)) in days]
+        self._check_footers(files)
+        return files
 
     def _files_holding(self, lo: str, hi: str) -> list[str]:
         """The files of ``current/`` whose ``message_id`` range overlaps ``[lo, hi]``.
@@ -1531,6 +1531,45 @@ def _read_files(paths: list[Path]) -> pl.DataFrame:
         if found is None:
             raise
         raise found from err
+
+
+def _among(ids: pl.Series) -> pl.Expr:
+    """``message_id`` is one of ``ids``, as a filter the scan applies while it reads.
+
+    A semi-join would read every column of every row first (seconds at 10M rows); a
+    filter decodes ``message_id`` alone and the other columns only of the rows found,
+    and its range lets row-group statistics skip groups that cannot hold the ids.
+    """
+    mid = pl.col("message_id")
+    return mid.is_between(pl.lit(ids.min()), pl.lit(ids.max())) & mid.is_in(ids.to_list())
+
+
+def _lookup(files: Sequence[str], ids: pl.Series) -> pl.DataFrame:
+    """The rows of the current ``files`` whose ``message_id`` is one of ``ids``.
+
+    Two reads: the ids, ``seq`` and days first, then the whole rows, by ``seq``, from
+    the days that hold any (reading every column of every file costs seconds at 10M).
+    """
+    empty = pl.DataFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
+    if not files or ids.is_empty():
+        return empty
+    keys = (
+        _scan_current_files(files)
+        .select("message_id", "seq", CURRENT_PARTITION)
+        .filter(_among(ids))
+        .collect()
+    )
+    if keys.is_empty():
+        return empty
+    days = {f"{CURRENT_PARTITION}={d.isoformat()}" for d in keys.get_column(CURRENT_PARTITION)}
+    hit = [f for f in files if os.path.basename(os.path.dirname(f)) in days]
+    seqs = keys.get_column("seq")
+    seq = pl.col("seq")
+    return (
+        _scan_current_files(hit)
+        .filter(seq.is_between(seqs.min(), seqs.max()) & seq.is_in(seqs.to_list()))
+        .collect()
+    )
 
 
 def _id_range(meta: pq.FileMetaData) -> tuple[str | None, str | None]:
