@@ -39,6 +39,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+import numpy as np
 import orjson
 import polars as pl
 import pyarrow as pa
@@ -101,6 +102,7 @@ _FOLD_WRITERS = 2
 _PENDING_BASE = 1 << 61
 #: snapshots that (re)state a message rather than derive from its current state
 _ENTRY_KINDS = ("send", "load", "patch")
+_ID_SEED: Final = 0x6B6D7367  # the id index's hash seed
 _HIVE = {CURRENT_PARTITION: pl.Date}
 _DAY = pl.col("requested_at").dt.date()
 _ID_HASH = pl.col("message_id").hash().alias("h")
@@ -278,8 +280,9 @@ class ParquetTrackingStore(RetriedReads):
         # rows of current/ (any day) of resent messages, looked up by id: (watermark, ids
         # looked up, rows found); kept until the next fold, so each id is looked up once
         self._far: tuple[int, pl.DataFrame, pl.DataFrame] | None = None
-        # current/ files' message_id range, per (size, mtime): which files a lookup reads
-        self._id_ranges: dict[str, tuple[tuple[int, int], str | None, str | None]] = {}
+        # per current/ file and (size, mtime): its message_id range and the sorted hashes
+        # of its ids, which say without reading it whether a file can hold an id
+        self._id_index: dict[str, _IdIndex] = {}
         # footers read: (size, mtime) -> whether the file carries the gateway flag
         self._footers_ok: dict[str, tuple[tuple[int, int], bool]] = {}
         self._flags = True  # whether folds write the gateway flag (format 2; set per fold)
@@ -846,9 +849,8 @@ class ParquetTrackingStore(RetriedReads):
     def _rows_of(self, ids: pl.DataFrame, w: int) -> pl.DataFrame:
         """Rows of ``current/`` (any day) for ``ids``; each id looked up once per fold.
 
-        Called under the mutex. Only the files whose ``message_id`` range (from their
-        footers, read once) overlaps the ids' are read: ids that grow with time, such as
-        ULIDs, are looked up on the newest days only.
+        Called under the mutex. Only the files that can hold one of the ids are read
+        (see :meth:`_files_holding`): a lookup of new messages' ids reads no file.
         """
         if self._far is None or self._far[0] != w:
             empty = pl.DataFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
@@ -857,7 +859,7 @@ class ParquetTrackingStore(RetriedReads):
         new = ids.join(checked, on="message_id", how="anti")
         if new.height:
             names = new.get_column("message_id")
-            more = _lookup(self._files_holding(str(names.min()), str(names.max())), names)
+            more = _lookup(self._files_holding(names), names)
             checked = pl.concat([checked, new], how="vertical")
             found = pl.concat([found, more], how="vertical_relaxed")
             self._far = (w, checked, found)
@@ -870,13 +872,18 @@ class ParquetTrackingStore(RetriedReads):
         self._check_footers(files)
         return files
 
-    def _files_holding(self, lo: str, hi: str) -> list[str]:
-        """The files of ``current/`` whose ``message_id`` range overlaps ``[lo, hi]``.
+    def _files_holding(self, ids: pl.Series) -> list[str]:
+        """The files of ``current/`` that may hold one of ``ids``.
 
-        Each footer is read once per (size, mtime). A file whose footer cannot be read
-        is left out: this lookup serves a query that did not ask for its day, and every
-        query that does (and ``doctor``) names the file.
+        A file is read once per (size, mtime) into an index: its ``message_id`` range
+        (footer statistics) and the sorted 64-bit hashes of its ids (8 bytes per row).
+        A file can hold an id when the id is in its range and its hash among the
+        file's; a hash collision only costs a read. A file that cannot be read is left
+        out: this lookup serves a query that did not ask for its day, and every query
+        that does (and ``doctor``) names the file.
         """
+        lo, hi = str(ids.min()), str(ids.max())
+        wanted: np.ndarray[Any, Any] | None = None
         out = []
         for name in self._current_files():
             try:
@@ -884,18 +891,21 @@ class ParquetTrackingStore(RetriedReads):
             except FileNotFoundError:
                 continue
             stamp = (st.st_size, st.st_mtime_ns)
-            known = self._id_ranges.get(name)
-            if known is None or known[0] != stamp:
+            known = self._id_index.get(name)
+            if known is None or known.stamp != stamp:
                 try:
-                    known = (stamp, *_id_range(pq.read_metadata(name)))
+                    known = _IdIndex.of(name, stamp)
                 except FileNotFoundError:
                     continue
                 except Exception:  # damaged: see the docstring
-                    log.warning("skipping %s: its footer cannot be read", name)
+                    log.warning("skipping %s: it cannot be read", name)
                     continue
-                self._id_ranges[name] = known
-            _stamp, first, last = known
-            if (first is None or first <= hi) and (last is None or lo <= last):
+                self._id_index[name] = known
+            if not known.overlaps(lo, hi):
+                continue
+            if wanted is None:
+                wanted = _id_hashes(ids)
+            if known.may_hold(wanted):
                 out.append(name)
         return out
 
@@ -1570,6 +1580,36 @@ def _lookup(files: Sequence[str], ids: pl.Series) -> pl.DataFrame:
         .filter(seq.is_between(seqs.min(), seqs.max()) & seq.is_in(seqs.to_list()))
         .collect()
     )
+
+
+def _id_hashes(ids: pl.Series) -> np.ndarray[Any, Any]:
+    """64-bit hashes of message ids (stable within this process: the index's key)."""
+    return ids.hash(seed=_ID_SEED).to_numpy()
+
+
+@dataclass(frozen=True, slots=True)
+class _IdIndex:
+    """What a lookup by id needs to know of one ``current/`` file without reading it."""
+
+    stamp: tuple[int, int]
+    first: str | None
+    last: str | None
+    hashes: np.ndarray[Any, Any]  # sorted
+
+    @classmethod
+    def of(cls, name: str, stamp: tuple[int, int]) -> _IdIndex:
+        first, last = _id_range(pq.read_metadata(name))
+        ids = pl.read_parquet(name, columns=["message_id"]).get_column("message_id")
+        return cls(stamp, first, last, np.sort(_id_hashes(ids)))
+
+    def overlaps(self, lo: str, hi: str) -> bool:
+        return (self.first is None or self.first <= hi) and (self.last is None or lo <= self.last)
+
+    def may_hold(self, wanted: np.ndarray[Any, Any]) -> bool:
+        if not len(self.hashes):
+            return False
+        at = np.searchsorted(self.hashes, wanted).clip(max=len(self.hashes) - 1)
+        return bool((self.hashes[at] == wanted).any())
 
 
 def _id_range(meta: pq.FileMetaData) -> tuple[str | None, str | None]:

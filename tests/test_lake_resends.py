@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -82,5 +84,18 @@ def test_a_resend_on_a_new_day_that_loses_is_not_counted_there(tmp_path: object)
         got = _run(lake, plan)
         assert got == _run(InMemoryTrackingStore(hash_key=TEST_KEY), plan)
         assert got[1][1] == 2  # day 1: m1 and m4 only
+    finally:
+        lake.close()
+
+
+def test_a_lookup_by_id_reads_only_the_files_that_can_hold_the_ids(tmp_path: object) -> None:
+    lake = quiet_lake(tmp_path / "lake")  # type: ignore[operator]
+    try:
+        _run(lake, [("fold", 0, 0)])  # m0..m5 on days 0, 1, 2, 0, 1, 2
+        day = f"requested_date={(DAY0 + timedelta(days=1)).date().isoformat()}"
+        held = lake._files_holding(pl.Series(["m1", "m4"]))
+        assert [Path(f).parent.name for f in held] == [day]
+        assert lake._files_holding(pl.Series(["m9", "new"])) == []
+        assert len(lake._files_holding(pl.Series([f"m{i}" for i in range(6)]))) == DAYS
     finally:
         lake.close()
