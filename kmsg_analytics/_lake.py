@@ -43,6 +43,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+import numpy as np
 import orjson
 import polars as pl
 import pyarrow as pa
@@ -80,6 +81,7 @@ from ._schema import (
     SNAPSHOT_SCHEMA,
     SnapshotKind,
     gateway_flag,
+    lines_to_table,
     record_to_row,
     records_to_table,
     rows_to_table,
@@ -107,6 +109,7 @@ _FOLD_WRITERS = 2
 _PENDING_BASE = 1 << 61
 #: snapshots that (re)state a message rather than derive from its current state
 _ENTRY_KINDS = ("send", "load", "patch")
+_ID_SEED: Final = 0x6B6D7367  # the id index's hash seed
 _HIVE = {CURRENT_PARTITION: pl.Date}
 _DAY = pl.col("requested_at").dt.date()
 _ID_HASH = pl.col("message_id").hash().alias("h")
@@ -275,6 +278,7 @@ class ParquetTrackingStore(RetriedReads):
         self._mutex = threading.RLock()
         self._wal = WriteAheadLog(self.paths.wal, fsync=fsync)
         self._pending: list[dict[str, Any]] = []
+        self._pending_lines: list[bytes] = []  # the same rows as the log's JSON lines
         self._pending_since = 0.0
         self._timer: threading.Timer | None = None
         self._closed = False
@@ -286,6 +290,12 @@ class ParquetTrackingStore(RetriedReads):
         self._cache_rows = pl.DataFrame(schema=POLARS_SCHEMA)
         self._cache_tail: list[pa.Table] = []  # our own batches, published but not decoded
         self._winners: tuple[_Scope, _Merge] | None = None
+        # rows of current/ (any day) of resent messages, looked up by id: (watermark, ids
+        # looked up, rows found); kept until the next fold, so each id is looked up once
+        self._far: tuple[int, pl.DataFrame, pl.DataFrame] | None = None
+        # per current/ file and (size, mtime): its message_id range and the sorted hashes
+        # of its ids, which say without reading it whether a file can hold an id
+        self._id_index: dict[str, _IdIndex] = {}
         # footers read: (size, mtime) -> whether the file carries the gateway flag
         self._footers_ok: dict[str, tuple[tuple[int, int], bool]] = {}
         self._flags = True  # whether folds write the gateway flag (format 2; set per fold)
@@ -452,6 +462,7 @@ class ParquetTrackingStore(RetriedReads):
             if not self._pending:
                 self._pending_since = time.monotonic()
             self._pending.extend(rows)
+            self._pending_lines.extend(lines)
             self._winners = None
             if not auto:
                 return
@@ -468,10 +479,11 @@ class ParquetTrackingStore(RetriedReads):
             if self._closed:
                 return
             rows = self._pending[:]
-        # converted outside the mutex, so that record_send goes on meanwhile; flush
-        # uses it if no other flush took these rows first
+            lines = self._pending_lines[:]
+        # converted outside the mutex (and the interpreter lock), so that record_send
+        # goes on meanwhile; flush uses it if no other flush took these rows first
         try:
-            ready: tuple[list[dict[str, Any]], pa.Table] | None = (rows, rows_to_table(rows))
+            ready: tuple[list[dict[str, Any]], pa.Table] | None = (rows, lines_to_table(lines))
         except Exception:  # flush converts (and reports) under the mutex
             ready = None
         with self._mutex:
@@ -491,16 +503,24 @@ class ParquetTrackingStore(RetriedReads):
             if _ready is not None and _starts_with(pending, _ready[0]):
                 done, table = _ready
                 if len(pending) > len(done):  # acknowledged while it was converted
-                    table = pa.concat_tables([table, rows_to_table(pending[len(done) :])])
+                    table = pa.concat_tables([table, self._pending_table(len(done))])
             else:
-                table = rows_to_table(pending)
+                table = self._pending_table()
             with writer_lock(self.paths):
                 state = self._recover()
                 state = self._publish_locked(table, self._wal.id, state, keep_cache=True)
                 self._wal.rotate()
             self._pending = []
+            self._pending_lines = []
             self._winners = None
         self._maybe_compact(state)
+
+    def _pending_table(self, start: int = 0) -> pa.Table:
+        """The rows waiting in the log from ``start`` on, as a table (mutex held)."""
+        try:
+            return lines_to_table(self._pending_lines[start:])
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # the general conversion says why
+            return rows_to_table(self._pending[start:])
 
     def _publish_locked(
         self,
@@ -812,7 +832,7 @@ class ParquetTrackingStore(RetriedReads):
                 self._cache_rows = rows
                 self._cache_files.update(f.path for f in new)
         if self._pending:
-            pending = _frame(rows_to_table(self._pending)).with_columns(
+            pending = _frame(self._pending_table()).with_columns(
                 seq=pl.int_range(_PENDING_BASE, _PENDING_BASE + len(self._pending), dtype=pl.Int64)
             )
             rows = pl.concat([rows, pending], how="vertical")
@@ -855,25 +875,24 @@ class ParquetTrackingStore(RetriedReads):
             [entered, polled.join(opened.select("message_id"), on="message_id", how="anti")]
         ).unique()
         found = pl.DataFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
-        if entered.height:
-            lookup = self._scan_current(scope)
-            if scope is not None:
-                lookup = lookup.filter(pl.col(CURRENT_PARTITION).is_in(scope))
-            found = lookup.join(entered.lazy(), on="message_id", how="semi").collect()
+        if entered.height and scope is None:
+            found = self._rows_of(entered, w)
+        elif entered.height and scope is not None:
+            found = _lookup(self._files_of(scope), entered.get_column("message_id"))
             missing = entered.join(found.select("message_id"), on="message_id", how="anti")
-            if beyond and scope is not None and missing.height:
-                # a message may live on a day outside the scope: a resend that did not
-                # move it (polling had reached a state a send never replaces). Looked up
-                # by value, so each file's message_id statistics skip most files.
-                ids = missing.get_column("message_id").to_list()  # a list: statistics prune
-                far = (
-                    self._scan_current()
-                    .filter(
-                        ~pl.col(CURRENT_PARTITION).is_in(scope) & pl.col("message_id").is_in(ids)
-                    )
-                    .collect()
+            if not beyond:
+                # a resend loses to a state polling reached (a send never replaces it),
+                # which may sit on a day outside the scope; a load or patch always wins,
+                # so only messages entered by sends alone can have such a row that matters
+                sends_only = (
+                    rows.group_by("message_id")
+                    .agg((pl.col("snapshot_kind") == "send").all().alias("sends"))
+                    .filter("sends")
+                    .select("message_id")
                 )
-                found = pl.concat([found, far], how="vertical_relaxed")
+                missing = missing.join(sends_only, on="message_id", how="semi")
+            if missing.height:
+                found = pl.concat([found, self._rows_of(missing, w)], how="vertical_relaxed")
         combined = pl.concat([found.drop(CURRENT_PARTITION), rows], how="vertical")
         last = latest(combined.unique(["message_id", "seq"], keep="first").lazy()).collect()
         last = last.with_columns(pl.col("requested_at").dt.date().alias(CURRENT_PARTITION))
@@ -883,6 +902,69 @@ class ParquetTrackingStore(RetriedReads):
         )
         replaced = pl.concat([found.get_column("seq"), opened.get_column("seq")]).unique()
         return _Merge(last, days.unique().sort().to_list(), replaced, w)
+
+    def _rows_of(self, ids: pl.DataFrame, w: int) -> pl.DataFrame:
+        """Rows of ``current/`` (any day) for ``ids``; each id looked up once per fold.
+
+        Called under the mutex. Only the files that can hold one of the ids are read
+        (see :meth:`_files_holding`): a lookup of new messages' ids reads no file.
+        """
+        if self._far is None or self._far[0] != w:
+            empty = pl.DataFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
+            self._far = (w, pl.DataFrame(schema={"message_id": pl.String}), empty)
+        _w, checked, found = self._far
+        new = ids.join(checked, on="message_id", how="anti")
+        if new.height:
+            names = new.get_column("message_id")
+            more = _lookup(self._files_holding(names), names)
+            checked = pl.concat([checked, new], how="vertical")
+            found = pl.concat([found, more], how="vertical_relaxed")
+            self._far = (w, checked, found)
+        return found.join(ids, on="message_id", how="semi")
+
+    def _files_of(self, scope: tuple[date, ...]) -> list[str]:
+        """The files of ``current/`` on the days of ``scope``, their footers checked."""
+        days = {f"{CURRENT_PARTITION}={d.isoformat()}" for d in scope}
+        files = [f for f in self._current_files() if os.path.basename(os.path.dirname(f)) in days]
+        self._check_footers(files)
+        return files
+
+    def _files_holding(self, ids: pl.Series) -> list[str]:
+        """The files of ``current/`` that may hold one of ``ids``.
+
+        A file is read once per (size, mtime) into an index: its ``message_id`` range
+        (footer statistics) and the sorted 64-bit hashes of its ids (8 bytes per row).
+        A file can hold an id when the id is in its range and its hash among the
+        file's; a hash collision only costs a read. A file that cannot be read is left
+        out: this lookup serves a query that did not ask for its day, and every query
+        that does (and ``doctor``) names the file.
+        """
+        lo, hi = str(ids.min()), str(ids.max())
+        wanted: np.ndarray[Any, Any] | None = None
+        out = []
+        for name in self._current_files():
+            try:
+                st = os.stat(name)
+            except FileNotFoundError:
+                continue
+            stamp = (st.st_size, st.st_mtime_ns)
+            known = self._id_index.get(name)
+            if known is None or known.stamp != stamp:
+                try:
+                    known = _IdIndex.of(name, stamp)
+                except FileNotFoundError:
+                    continue
+                except Exception:  # damaged: see the docstring
+                    log.warning("skipping %s: it cannot be read", name)
+                    continue
+                self._id_index[name] = known
+            if not known.overlaps(lo, hi):
+                continue
+            if wanted is None:
+                wanted = _id_hashes(ids)
+            if known.may_hold(wanted):
+                out.append(name)
+        return out
 
     def _open_rows(self, ids: pl.DataFrame) -> pl.DataFrame:
         """``message_id``, ``seq`` and requested day of the rows of ``open/`` for ``ids``."""
@@ -1546,6 +1628,90 @@ def _read_files(paths: list[Path]) -> pl.DataFrame:
         if found is None:
             raise
         raise found from err
+
+
+def _among(ids: pl.Series) -> pl.Expr:
+    """``message_id`` is one of ``ids``, as a filter the scan applies while it reads.
+
+    A semi-join would read every column of every row first (seconds at 10M rows); a
+    filter decodes ``message_id`` alone and the other columns only of the rows found,
+    and its range lets row-group statistics skip groups that cannot hold the ids.
+    """
+    mid = pl.col("message_id")
+    return mid.is_between(pl.lit(ids.min()), pl.lit(ids.max())) & mid.is_in(ids.to_list())
+
+
+def _lookup(files: Sequence[str], ids: pl.Series) -> pl.DataFrame:
+    """The rows of the current ``files`` whose ``message_id`` is one of ``ids``.
+
+    Two reads: the ids, ``seq`` and days first, then the whole rows, by ``seq``, from
+    the days that hold any (reading every column of every file costs seconds at 10M).
+    """
+    empty = pl.DataFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
+    if not files or ids.is_empty():
+        return empty
+    keys = (
+        _scan_current_files(files)
+        .select("message_id", "seq", CURRENT_PARTITION)
+        .filter(_among(ids))
+        .collect()
+    )
+    if keys.is_empty():
+        return empty
+    days = {f"{CURRENT_PARTITION}={d.isoformat()}" for d in keys.get_column(CURRENT_PARTITION)}
+    hit = [f for f in files if os.path.basename(os.path.dirname(f)) in days]
+    seqs = keys.get_column("seq")
+    seq = pl.col("seq")
+    return (
+        _scan_current_files(hit)
+        .filter(seq.is_between(seqs.min(), seqs.max()) & seq.is_in(seqs.to_list()))
+        .collect()
+    )
+
+
+def _id_hashes(ids: pl.Series) -> np.ndarray[Any, Any]:
+    """64-bit hashes of message ids (stable within this process: the index's key)."""
+    return ids.hash(seed=_ID_SEED).to_numpy()
+
+
+@dataclass(frozen=True, slots=True)
+class _IdIndex:
+    """What a lookup by id needs to know of one ``current/`` file without reading it."""
+
+    stamp: tuple[int, int]
+    first: str | None
+    last: str | None
+    hashes: np.ndarray[Any, Any]  # sorted
+
+    @classmethod
+    def of(cls, name: str, stamp: tuple[int, int]) -> _IdIndex:
+        first, last = _id_range(pq.read_metadata(name))
+        ids = pl.read_parquet(name, columns=["message_id"]).get_column("message_id")
+        return cls(stamp, first, last, np.sort(_id_hashes(ids)))
+
+    def overlaps(self, lo: str, hi: str) -> bool:
+        return (self.first is None or self.first <= hi) and (self.last is None or lo <= self.last)
+
+    def may_hold(self, wanted: np.ndarray[Any, Any]) -> bool:
+        if not len(self.hashes):
+            return False
+        at = np.searchsorted(self.hashes, wanted).clip(max=len(self.hashes) - 1)
+        return bool((self.hashes[at] == wanted).any())
+
+
+def _id_range(meta: pq.FileMetaData) -> tuple[str | None, str | None]:
+    """The smallest and largest ``message_id`` a file's statistics state (``None``: unknown)."""
+    column = meta.schema.to_arrow_schema().get_field_index("message_id")
+    first: str | None = None
+    last: str | None = None
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            return None, None
+        lo, hi = str(stats.min), str(stats.max)
+        first = lo if first is None or lo < first else first
+        last = hi if last is None or hi > last else last
+    return first, last
 
 
 def _scan_current_files(files: Sequence[str]) -> pl.LazyFrame:
