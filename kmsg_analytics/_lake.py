@@ -81,7 +81,6 @@ from ._schema import (
     SNAPSHOT_SCHEMA,
     SnapshotKind,
     gateway_flag,
-    lines_to_table,
     record_to_row,
     records_to_table,
     rows_to_table,
@@ -278,7 +277,6 @@ class ParquetTrackingStore(RetriedReads):
         self._mutex = threading.RLock()
         self._wal = WriteAheadLog(self.paths.wal, fsync=fsync)
         self._pending: list[dict[str, Any]] = []
-        self._pending_lines: list[bytes] = []  # the same rows as the log's JSON lines
         self._pending_since = 0.0
         self._timer: threading.Timer | None = None
         self._closed = False
@@ -462,7 +460,6 @@ class ParquetTrackingStore(RetriedReads):
             if not self._pending:
                 self._pending_since = time.monotonic()
             self._pending.extend(rows)
-            self._pending_lines.extend(lines)
             self._winners = None
             if not auto:
                 return
@@ -479,11 +476,10 @@ class ParquetTrackingStore(RetriedReads):
             if self._closed:
                 return
             rows = self._pending[:]
-            lines = self._pending_lines[:]
-        # converted outside the mutex (and the interpreter lock), so that record_send
-        # goes on meanwhile; flush uses it if no other flush took these rows first
+        # converted outside the mutex, so that record_send goes on meanwhile; flush
+        # uses it if no other flush took these rows first
         try:
-            ready: tuple[list[dict[str, Any]], pa.Table] | None = (rows, lines_to_table(lines))
+            ready: tuple[list[dict[str, Any]], pa.Table] | None = (rows, rows_to_table(rows))
         except Exception:  # flush converts (and reports) under the mutex
             ready = None
         with self._mutex:
@@ -503,24 +499,16 @@ class ParquetTrackingStore(RetriedReads):
             if _ready is not None and _starts_with(pending, _ready[0]):
                 done, table = _ready
                 if len(pending) > len(done):  # acknowledged while it was converted
-                    table = pa.concat_tables([table, self._pending_table(len(done))])
+                    table = pa.concat_tables([table, rows_to_table(pending[len(done) :])])
             else:
-                table = self._pending_table()
+                table = rows_to_table(pending)
             with writer_lock(self.paths):
                 state = self._recover()
                 state = self._publish_locked(table, self._wal.id, state, keep_cache=True)
                 self._wal.rotate()
             self._pending = []
-            self._pending_lines = []
             self._winners = None
         self._maybe_compact(state)
-
-    def _pending_table(self, start: int = 0) -> pa.Table:
-        """The rows waiting in the log from ``start`` on, as a table (mutex held)."""
-        try:
-            return lines_to_table(self._pending_lines[start:])
-        except (pa.ArrowInvalid, pa.ArrowTypeError):  # the general conversion says why
-            return rows_to_table(self._pending[start:])
 
     def _publish_locked(
         self,
@@ -832,7 +820,7 @@ class ParquetTrackingStore(RetriedReads):
                 self._cache_rows = rows
                 self._cache_files.update(f.path for f in new)
         if self._pending:
-            pending = _frame(self._pending_table()).with_columns(
+            pending = _frame(rows_to_table(self._pending)).with_columns(
                 seq=pl.int_range(_PENDING_BASE, _PENDING_BASE + len(self._pending), dtype=pl.Int64)
             )
             rows = pl.concat([rows, pending], how="vertical")

@@ -29,7 +29,6 @@ __all__ = [
     "SNAPSHOT_SCHEMA",
     "SnapshotKind",
     "frame_to_records",
-    "lines_to_table",
     "record_to_row",
     "records_to_table",
     "row_to_record",
@@ -399,28 +398,6 @@ class LazyRecords(Sequence[TrackingRecord]):
 def rows_to_table(rows: Sequence[Mapping[str, Any]] | Iterable[Mapping[str, Any]]) -> pa.Table:
     """Lake rows as an Arrow table with :data:`SNAPSHOT_SCHEMA`."""
     return pa.Table.from_pylist(list(rows), schema=SNAPSHOT_SCHEMA)
-
-
-#: :data:`SNAPSHOT_SCHEMA` as JSON lines carry it: times as integer microseconds
-_JSON_SCHEMA: Final = pa.schema(
-    [pa.field(f.name, pa.int64()) if pa.types.is_timestamp(f.type) else f for f in SNAPSHOT_SCHEMA]
-)
-
-
-def lines_to_table(lines: Sequence[bytes]) -> pa.Table:
-    """Lake rows written as JSON lines (``orjson`` of :func:`record_to_row`'s dicts) as a table.
-
-    The table :func:`rows_to_table` makes of the same rows, parsed by pyarrow's reader
-    without holding the interpreter lock (a background flush then does not slow down
-    the thread that records sends). Raises ``pyarrow.ArrowInvalid`` on a line that does
-    not fit the schema.
-    """
-    import pyarrow.json as pj
-
-    data = b"\n".join(lines) + b"\n"
-    options = pj.ParseOptions(explicit_schema=_JSON_SCHEMA, unexpected_field_behavior="error")
-    table = pj.read_json(pa.BufferReader(data), parse_options=options)
-    return table.select(SNAPSHOT_SCHEMA.names).cast(SNAPSHOT_SCHEMA)
 
 
 def empty_frame() -> pl.DataFrame:
