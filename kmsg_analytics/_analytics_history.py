@@ -298,7 +298,14 @@ def _chunk_events(
     which a snapshot of higher key is visible. Each state then becomes one integer
     (group, start, stop, flags) and each message one (group, mo, first visible age), and
     those few distinct integers are counted.
+
+    Snapshots visible at no age (recorded after the last age) are dropped first, except
+    each message's first: they are never a state, and where they take part (the first
+    age at which a later snapshot is visible, a message's first visible age) they stand
+    for age ``k``, which changes nothing (a message's states stop at its last observable
+    age anyway, at most ``k``). Lakes loaded from an older store hold many of them.
     """
+    keys, p, rows = _visible_or_first(keys, p, rows, by, k)
     ms = message_states(keys, p, k, _NS_BIT)
     start, seg, state, idx, stop = ms.start, ms.seg, ms.state, ms.idx, ms.stop
     mo1, seen, first_visible = ms.mo1, ms.seen, ms.first_visible
@@ -354,6 +361,22 @@ def _chunk_events(
         states = pl.concat([groups.gather(states.get_column("__g")), states], how="horizontal")
         heads = pl.concat([groups.gather(heads.get_column("__g")), heads], how="horizontal")
     return states.drop("__g"), heads.drop("__g"), groups
+
+
+def _visible_or_first(
+    keys: _Keys, p: np.ndarray[Any, Any], rows: pl.DataFrame, by: Sequence[str], k: int
+) -> tuple[_Keys, np.ndarray[Any, Any], pl.DataFrame]:
+    """The rows of snapshots visible at some age, and the first row of every message."""
+    keep = (p & ((1 << _MO_BIT) - 1)) < k
+    if keep.all():
+        return keys, p, rows
+    if isinstance(keys, np.ndarray):
+        np.not_equal(keys[1:], keys[:-1], out=keep[1:], where=~keep[1:])
+    else:  # the message ids themselves (hashed keys collided)
+        keep[1:] |= keys.ne_missing(keys.shift(1)).to_numpy()[1:]
+    keep[:1] = True
+    kept = keys[keep] if isinstance(keys, np.ndarray) else keys.filter(pl.Series(keep))
+    return kept, p[keep], rows.filter(pl.Series(keep)) if by else rows
 
 
 def _counted(

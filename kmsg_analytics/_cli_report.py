@@ -62,6 +62,27 @@ CHROMIUM_ARGS: Final = (
 )
 
 
+#: Optional modules the report's process does without: when installed, jsonschema
+#: (imported by altair for the charts) imports rfc3987_syntax, which builds its IRI
+#: grammar on import (about 2.5 s of CPU), only to check the "iri" string format that
+#: no chart uses.
+SKIPPED_IMPORTS: Final = ("rfc3987_syntax",)
+
+
+def skip_slow_imports() -> None:
+    """Mark :data:`SKIPPED_IMPORTS` as unavailable, unless jsonschema is imported already.
+
+    Only for a process of our own (the ``report`` command): in it, jsonschema then
+    checks every string format but those rfc3987_syntax would ("iri", "iri-reference").
+    Does nothing when jsonschema was imported before (it has its checks by then).
+    """
+    if "jsonschema" in sys.modules:
+        return
+    modules: dict[str, Any] = sys.modules  # (a None entry: ``import name`` raises ImportError)
+    for name in SKIPPED_IMPORTS:
+        modules.setdefault(name, None)
+
+
 def _err(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -70,6 +91,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write the batch report of a lake."""
     from ._report import build_report
 
+    skip_slow_imports()
     report = build_report(
         args.lake,
         out=args.out,

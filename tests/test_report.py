@@ -9,6 +9,7 @@ sends polled to completion by simulated gateways on a simulated clock, as the RE
 from __future__ import annotations
 
 import html
+import importlib.util
 import json
 import os
 import re
@@ -299,3 +300,32 @@ def test_report_without_the_notebook_extra(lake: Path, tmp_path: Path) -> None:
     assert "<svg" not in text
     assert 'pip install "kmsg-analytics[notebook]"' in html.unescape(text)
     assert 'data-table="latency"' in text
+
+
+def test_the_report_command_does_without_the_iri_grammar() -> None:
+    """In the command's process jsonschema skips rfc3987_syntax (seconds to import)."""
+    code = (
+        "import sys\n"
+        "from kmsg_analytics._cli_report import SKIPPED_IMPORTS, skip_slow_imports\n"
+        "first = sys.argv[1] == 'first'\n"
+        "if first:\n"
+        "    skip_slow_imports()\n"
+        "import jsonschema\n"
+        "skip_slow_imports()  # too late now: changes nothing\n"
+        "checks = jsonschema.Draft7Validator.FORMAT_CHECKER.checkers\n"
+        "print(all(sys.modules.get(n, 0) is None for n in SKIPPED_IMPORTS), 'iri' in checks)\n"
+    )
+
+    def run(arg: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", code, arg], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    marked = run("first")
+    assert marked.startswith("True")
+    if importlib.util.find_spec("rfc3987") is None:  # (which jsonschema would use instead)
+        assert marked == "True False"
+    found = run("after")
+    assert found.startswith("False")  # jsonschema imported first: nothing was marked
