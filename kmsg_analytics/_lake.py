@@ -738,11 +738,9 @@ class ParquetTrackingStore(RetriedReads):
         """
         flagged: set[str] = set()
         for name in files:
-            try:
-                st = os.stat(name)
-            except FileNotFoundError:
+            stamp = _stamp(name)
+            if stamp is None:
                 continue
-            stamp = (st.st_size, st.st_mtime_ns)
             known = self._footers_ok.get(name)
             if known is not None and known[0] == stamp:
                 if known[1]:
@@ -931,11 +929,9 @@ class ParquetTrackingStore(RetriedReads):
         wanted: np.ndarray[Any, Any] | None = None
         out = []
         for name in self._current_files():
-            try:
-                st = os.stat(name)
-            except FileNotFoundError:
+            stamp = _stamp(name)
+            if stamp is None:
                 continue
-            stamp = (st.st_size, st.st_mtime_ns)
             known = self._id_index.get(name)
             if known is None or known.stamp != stamp:
                 try:
@@ -1655,6 +1651,15 @@ def _lookup(files: Sequence[str], ids: pl.Series) -> pl.DataFrame:
         .filter(seq.is_between(seqs.min(), seqs.max()) & seq.is_in(seqs.to_list()))
         .collect()
     )
+
+
+def _stamp(name: str) -> tuple[int, int] | None:
+    """A file's (size, mtime): what the per-file caches are keyed by (``None``: gone)."""
+    try:
+        st = os.stat(name)
+    except FileNotFoundError:
+        return None
+    return (st.st_size, st.st_mtime_ns)
 
 
 def _id_hashes(ids: pl.Series) -> np.ndarray[Any, Any]:
