@@ -36,7 +36,7 @@ import time
 import uuid
 import warnings
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -712,11 +712,7 @@ class ParquetTrackingStore(RetriedReads):
         say so), computed from ``provider_message_id`` for the others (older files).
         """
         files = self._current_files()
-        if scope is None:
-            checked = files
-        else:
-            days = {f"{CURRENT_PARTITION}={d.isoformat()}" for d in scope}
-            checked = [f for f in files if os.path.basename(os.path.dirname(f)) in days]
+        checked = files if scope is None else _on_days(files, scope)
         flagged = self._check_footers(checked)
         if not files:
             return pl.LazyFrame(
@@ -910,8 +906,7 @@ class ParquetTrackingStore(RetriedReads):
 
     def _files_of(self, scope: tuple[date, ...]) -> list[str]:
         """The files of ``current/`` on the days of ``scope``, their footers checked."""
-        days = {f"{CURRENT_PARTITION}={d.isoformat()}" for d in scope}
-        files = [f for f in self._current_files() if os.path.basename(os.path.dirname(f)) in days]
+        files = _on_days(self._current_files(), scope)
         self._check_footers(files)
         return files
 
@@ -1642,8 +1637,7 @@ def _lookup(files: Sequence[str], ids: pl.Series) -> pl.DataFrame:
     )
     if keys.is_empty():
         return empty
-    days = {f"{CURRENT_PARTITION}={d.isoformat()}" for d in keys.get_column(CURRENT_PARTITION)}
-    hit = [f for f in files if os.path.basename(os.path.dirname(f)) in days]
+    hit = _on_days(files, keys.get_column(CURRENT_PARTITION))
     seqs = keys.get_column("seq")
     seq = pl.col("seq")
     return (
@@ -1651,6 +1645,12 @@ def _lookup(files: Sequence[str], ids: pl.Series) -> pl.DataFrame:
         .filter(seq.is_between(seqs.min(), seqs.max()) & seq.is_in(seqs.to_list()))
         .collect()
     )
+
+
+def _on_days(files: Sequence[str], days: Iterable[date]) -> list[str]:
+    """Those of the current ``files`` (``.../requested_date=D/part-0.parquet``) on ``days``."""
+    folders = {f"{CURRENT_PARTITION}={d.isoformat()}" for d in days}
+    return [f for f in files if os.path.basename(os.path.dirname(f)) in folders]
 
 
 def _stamp(name: str) -> tuple[int, int] | None:
@@ -1678,8 +1678,10 @@ class _IdIndex:
 
     @classmethod
     def of(cls, name: str, stamp: tuple[int, int]) -> _IdIndex:
-        first, last = _id_range(pq.read_metadata(name))
-        ids = pl.read_parquet(name, columns=["message_id"]).get_column("message_id")
+        with pq.ParquetFile(name) as file:  # one open: the footer, then the ids
+            first, last = _id_range(file.metadata)
+            column = file.read(columns=["message_id"]).column(0)
+        ids = pl.Series("message_id", column)
         return cls(stamp, first, last, np.sort(_id_hashes(ids)))
 
     def overlaps(self, lo: str, hi: str) -> bool:
