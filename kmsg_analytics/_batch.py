@@ -8,7 +8,9 @@ The equivalence of both paths is a tested property.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import gc
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from operator import itemgetter
 from typing import Any, Final
@@ -374,7 +376,8 @@ def _read_columnar(
     if not all(type(c) is dict for c in contexts) or not all(type(r) is dict for r in results):
         return None
     try:
-        columns = _columns_of(contexts, results)
+        with _collector_paused():
+            columns = _columns_of(contexts, results)
     except (Exception, pl.exceptions.PanicException):  # the columns cannot hold them:
         return None  # read pair by pair
     frame = pl.DataFrame(columns).with_columns(
@@ -407,6 +410,23 @@ def _read_columnar(
         meta = frame.get_column("meta").clone()
         frame = frame.with_columns(meta.scatter(special, pl.Series(found, dtype=pl.String)))
     return frame.select(_COLUMNS)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while columns are read out of many dicts.
+
+    Reading a batch builds a list per key; each list's allocations trigger collections that
+    walk every pair of the batch (~6% of a 100k-pair ``record_sends``), and none of these
+    objects form cycles. The collector's previous state is restored on the way out.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _ms_to_us(ms: pl.Expr) -> pl.Expr:
