@@ -18,7 +18,6 @@ Without ``--config`` the settings come from environment variables (``SOLAPI_API_
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Sequence
@@ -114,6 +113,7 @@ def _load(path: Path | None) -> GatewaysConfig:
 
 def check_gateways(providers: Sequence[SolapiProvider | IwinvProvider]) -> list[GatewayCheck]:
     """Check every provider's endpoints at once; returns one :class:`GatewayCheck` each."""
+    import asyncio  # here, not at the top: every other command starts without it
 
     async def run() -> list[GatewayCheck]:
         outcomes: list[Any] = await asyncio.gather(*(p.check() for p in providers))
