@@ -5,11 +5,17 @@ Usage::
     python benchmarks/bench_analytics.py --n 1000000 [--k 5] [--work DIR [--reuse]] [--out r.json]
     python benchmarks/bench_analytics.py --lake /tmp/scale/n10m/lake [--k 3] [--out r.json]
     python benchmarks/bench_analytics.py --lake /tmp/scale/n10m/lake --only latency
+    python benchmarks/bench_analytics.py --realistic --n 10000000 --work DIR --build-only
+    python benchmarks/bench_analytics.py --realistic --n 10000000 --work DIR --reuse --ops report
 
 Builds a compacted lake of ``--n`` synthetic messages over 90 days
 (:func:`kmsg_analytics._synthetic.synthetic_records`, loaded in chunks through
 ``store.append_table`` and folded with ``compact()``), or uses the lake given with
-``--lake`` (only read: it is hard-linked into a scratch directory first). Each operation
+``--lake`` (only read: it is hard-linked into a scratch directory first). A lake built
+in one load has every snapshot recorded at the load time, which leaves the report's rate
+maturity little to do; ``--realistic`` builds one whose history looks polled instead
+(``build_realistic``: sends, then polls, each recorded at its request time plus the
+polling delays). Each operation
 runs in a fresh process, once cold and then ``--k`` times warm (the median is reported),
 and so does its baseline, each with its peak RSS and the load average around it:
 
@@ -143,6 +149,65 @@ def build(lake: Path, n: int, seed: int, chunk: int) -> float:
     finally:
         store.close()
     return time.perf_counter() - started
+
+
+def build_realistic(lake: Path, n: int, seed: int, chunk: int) -> float:
+    """A lake whose history looks polled: each snapshot recorded when a service would have.
+
+    Each message gets its send, then 0-2 poll snapshots (about 2.2 per message, about 1%
+    still open at the end) from :func:`~kmsg_analytics._synthetic_snapshots.synthetic_snapshots`,
+    recorded at ``requested_at`` plus the delays of the polling schedule
+    (:func:`~kmsg_analytics._synthetic_snapshots.with_recorded_at`: seconds to minutes for
+    most, hours for a tail). Messages are loaded ``chunk`` at a time, their snapshots in
+    recorded order (one batch per chunk, so ``seq`` follows ``recorded_at``), then folded.
+    """
+    from kmsg_analytics._loading import frame_to_table
+    from kmsg_analytics._synthetic_snapshots import synthetic_snapshots, with_recorded_at
+
+    started = time.perf_counter()
+    store = ParquetTrackingStore(lake, hash_key=KEY, compact_rows=1 << 62)  # fold once, at the end
+    rows = 0
+    try:
+        for lo in range(0, n, chunk):
+            hi = min(n, lo + chunk)
+            snaps = with_recorded_at(
+                synthetic_snapshots(n, seed=seed, hash_key=KEY, days=DAYS, start=lo, stop=hi)
+            ).sort("recorded_at", "step")
+            table = frame_to_table(
+                snaps.drop("step", "snapshot_kind", "recorded_at"),
+                store.hash_key,
+                keep_numbers=False,
+            )
+            for name in ("snapshot_kind", "recorded_at"):
+                i = SNAPSHOT_SCHEMA.get_field_index(name)
+                column = snaps.get_column(name).to_arrow().cast(SNAPSHOT_SCHEMA.field(i).type)
+                table = table.set_column(i, SNAPSHOT_SCHEMA.field(i), column)
+            _append_recorded(store, table)
+            rows += table.num_rows
+            log(f"  loaded {hi:,}/{n:,} messages, {rows:,} snapshots "
+                f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
+        report = store.compact(history=False)
+        log(f"  folded {report.snapshot_rows:,} rows into {report.partitions_rewritten} partitions")
+    finally:
+        store.close()
+    return time.perf_counter() - started
+
+
+def _append_recorded(store: ParquetTrackingStore, table: Any) -> None:
+    """``store.append_table(table)`` keeping each row's own ``recorded_at`` and kind.
+
+    ``append_table`` stamps a whole batch with one time and kind (a bulk load's); a live
+    lake's rows are stamped one by one as the service writes them. This publishes the
+    batch the way ``append_table`` does, without the stamp (the store's own steps).
+    """
+    from kmsg_analytics._lakefs import writer_lock
+
+    with store._mutex:
+        store.flush()
+        with writer_lock(store.paths):
+            state = store._recover()
+            state = store._publish_locked(table, None, state, keep_cache=True)
+        store._maybe_compact(state)
 
 
 # --------------------------------------------------------------------------- the hand-written baselines
@@ -353,6 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk", type=int, default=500_000, help="messages per loaded chunk")
     p.add_argument("--work", type=Path, help="working directory (default: a temporary one)")
     p.add_argument("--reuse", action="store_true", help="reuse the lake built in --work before")
+    p.add_argument(
+        "--realistic",
+        action="store_true",
+        help="build a lake whose history looks polled: each snapshot recorded at its request "
+        "time plus the polling delays (see build_realistic), not all at the load time",
+    )
+    p.add_argument("--build-only", action="store_true", help="build the lake, run nothing")
     p.add_argument("--lake", type=Path, help="benchmark this lake (only read) instead of building")
     p.add_argument(
         "--ops", default="summary,series,latency,report", help="comma-separated operations"
@@ -371,12 +443,17 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(lake)
         shutil.copytree(args.lake, lake, copy_function=os.link)  # hard links: nothing copied
     else:
-        lake = work / f"lake-{args.n}"
+        lake = work / (f"real-{args.n}" if args.realistic else f"lake-{args.n}")
         if not (args.reuse and (lake / "_lake.json").exists()):
             if lake.exists():
                 shutil.rmtree(lake)
-            log(f"building a lake of {args.n:,} messages in {lake}")
-            built = build(lake, args.n, args.seed, args.chunk)
+            how = "a polled-looking history" if args.realistic else "one load"
+            log(f"building a lake of {args.n:,} messages ({how}) in {lake}")
+            maker = build_realistic if args.realistic else build
+            built = maker(lake, args.n, args.seed, args.chunk)
+    if args.build_only:
+        print(f"lake at {lake}" + ("" if built is None else f", built in {built:.0f} s"))
+        return 0
     scratch = work / "results"
     scratch.mkdir(exist_ok=True)
     rows = []

@@ -114,9 +114,10 @@ def _snapshot_rows(
     )
     now_us = int((now - _EPOCH) // timedelta(microseconds=1))
     age, requested = pl.col("__a"), pl.col("__r")
-    # plain comparisons with constants (a search_sorted would leave the streaming engine)
-    idx = pl.sum_horizontal([(age > a).cast(pl.Int64) for a in ages_us])
-    mo1 = pl.sum_horizontal([(requested <= now_us - a).cast(pl.Int64) for a in ages_us])
+    # plain comparisons with constants (a search_sorted would leave the streaming engine),
+    # counted as booleans (casting each to an integer first costs twice as much)
+    idx = pl.sum_horizontal([age > a for a in ages_us]).cast(pl.Int64)
+    mo1 = pl.sum_horizontal([requested <= now_us - a for a in ages_us]).cast(pl.Int64)
     packed = pl.col("seq") * _SEQ + pl.col("__f") + pl.col("__d") * _DEN + mo1 * _MO + idx
     # a seq the packing cannot hold becomes null (checked after the sort: no second scan)
     packed = pl.when(pl.col("seq").is_between(0, _SEQ_LIMIT - 1)).then(packed)
@@ -146,9 +147,11 @@ def _sorted_snapshots(
     """
     mid = pl.col("message_id")
     key = _key_hash(mid) // 2
-    if not _unique_key(ids, key):
-        out = _sorted(_snapshot_rows(snaps, by, ages_us, now, rate, mid))
-    else:
+    # the check reads every id of the store: on a thread of its own, beside the sort of
+    # the snapshots by their keys (mostly one-threaded); a collision, found after, sorts
+    # them again by their ids
+    with ThreadPoolExecutor(1) as pool:
+        unique = pool.submit(_unique_key, ids, key)
         rows = _snapshot_rows(snaps, by, ages_us, now, rate, key)
         if by:
             out = _sorted(rows)
@@ -165,6 +168,9 @@ def _sorted_snapshots(
                 )
                 .collect(engine="streaming")
             )
+        if not unique.result():
+            del out
+            out = _sorted(_snapshot_rows(snaps, by, ages_us, now, rate, mid))
     if out.get_column("__p").null_count():  # pragma: no cover - 17 trillion snapshots
         msg = f"a snapshot with no seq or one outside 0..{_SEQ_LIMIT - 1} (44 bits, packed)"
         raise ValueError(msg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Final
 
 import polars as pl
 
@@ -209,3 +210,40 @@ def _on_answer(failed: str, delivered: str, column: str) -> pl.Expr:
         .then(pl.lit(delivered))
         .otherwise(pl.col(column))
     )
+
+
+#: When a send snapshot is written after the request (the gateway's acceptance).
+_SEND_RECORDED_US: Final = 300_000
+
+
+def with_recorded_at(snapshots: pl.DataFrame) -> pl.DataFrame:
+    """:func:`synthetic_snapshots` with ``recorded_at``: when a polling service wrote each.
+
+    A send is written as the gateway accepts it (0.3 s after ``requested_at``), a
+    progress snapshot at its check (``last_checked_at``, at the earliest the first check
+    30 s after the request), a final one at the check that saw it (``last_checked_at``,
+    else ``status_updated_at``). So each message's snapshots are recorded at its request
+    time plus the delays of the k-msg polling schedule (seconds to minutes for most,
+    hours for a long tail), in the order of their ``step`` (ties are written in that
+    order). Sorting by ``(recorded_at, step)`` gives the order a live lake would have
+    written them in.
+
+    Examples
+    --------
+    >>> snaps = with_recorded_at(synthetic_snapshots(50, seed=1, hash_key="doctest-key"))
+    >>> late = (pl.col("recorded_at") - pl.col("requested_at")).dt.total_seconds()
+    >>> snaps.group_by("step").agg(late.min()).sort("step").get_column("recorded_at").to_list()
+    [0, 30, 30]
+    >>> in_order = pl.col("recorded_at").sort_by("step").is_sorted()
+    >>> snaps.group_by("message_id").agg(in_order).get_column("recorded_at").all()
+    True
+    """
+    req, step = pl.col("requested_at"), pl.col("step")
+    first_check = req + timedelta(seconds=_INITIAL_DELAY_S)
+    checked = pl.coalesce("last_checked_at", "status_updated_at")
+    recorded = (
+        pl.when(step == 0)
+        .then(req + timedelta(microseconds=_SEND_RECORDED_US))
+        .otherwise(pl.max_horizontal(checked, first_check))
+    )
+    return snapshots.with_columns(recorded.cast(_TS).alias("recorded_at"))
