@@ -416,13 +416,7 @@ def run_worker(op: str, work: Path, *, src: Path | None = None) -> dict[str, Any
     """
     load_before = os.getloadavg()[0]
     cmd = [sys.executable, __file__, "_worker", "--op", op, "--work", str(work)]
-    env = dict(os.environ)
-    if src is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])
-    cache = PYCACHE["dir"]
-    if cache is not None:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = str(cache)
+    env = _worker_env(src)
     out_path = work / f".{op}.out"
     with open(out_path, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True, env=env)
@@ -437,6 +431,18 @@ def run_worker(op: str, work: Path, *, src: Path | None = None) -> dict[str, Any
     return result
 
 
+def _worker_env(src: Path | None) -> dict[str, str]:
+    """The environment of a timed process: ``src`` first on the path, bytecode cached."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])
+    cache = PYCACHE["dir"]
+    if cache is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(cache)
+    return env
+
+
 def run_cli(work: Path, *, src: Path | None = None) -> dict[str, Any]:
     """``kmsg-analytics import`` of the table into a new lake, timed whole from outside.
 
@@ -446,14 +452,8 @@ def run_cli(work: Path, *, src: Path | None = None) -> dict[str, Any]:
     """
     lake = work / "lake-cli"
     shutil.rmtree(lake, ignore_errors=True)
-    env = dict(os.environ)
+    env = _worker_env(src)
     env["KMSG_ANALYTICS_HASH_KEY"] = HASH_KEY
-    if src is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])
-    cache = PYCACHE["dir"]
-    if cache is not None:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = str(cache)
     url = f"sqlite:///{work / 'kmsg.sqlite'}"
     cmd = [sys.executable, "-m", "kmsg_analytics", "import", url, "--lake", str(lake)]
     out_path, err_path = work / ".cli.out", work / ".cli.err"
