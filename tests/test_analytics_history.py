@@ -141,3 +141,17 @@ def test_maturity_of_an_empty_window() -> None:
     got = an.rate_maturity(*empty, ages=AGES, now=now)
     assert_rows(got, model.maturity(*empty, AGES, "delivered_of_total", now, ()))
     assert got.get_column("messages").to_list() == [0] * len(AGES)
+
+
+@pytest.mark.parametrize(
+    "by", [["type"], ["provider_id", "type"], ["type", "provider_id"], ["provider_status_code"]]
+)
+def test_maturity_by_groups_against_the_model(by: list[str]) -> None:
+    """Groups travel as categorical codes while sorted: strings (and nulls) come back alike."""
+    an, model = late_analytics(_seeded_messages(48, seed=26))
+    now = T0 + timedelta(days=2)
+    got = an.rate_maturity(START, END, ages=AGES, now=now, by=by)
+    assert_rows(got, model.maturity(START, END, AGES, "delivered_of_total", now, by))
+    assert all(got.schema[b] == pl.String for b in by)
+    if by == ["provider_status_code"]:  # a message's group is that of its send: no code yet
+        assert got.get_column("provider_status_code").null_count() == got.height > 0
