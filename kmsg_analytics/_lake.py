@@ -1600,6 +1600,13 @@ def check_manifest(
         raise LakeFormatError(msg)
 
 
+def _frame_of(table: pa.Table) -> pl.DataFrame:
+    """``table`` as a Polars frame (its types as Polars gives them)."""
+    out = pl.from_arrow(table)
+    assert isinstance(out, pl.DataFrame)
+    return out
+
+
 def _frame(table: pa.Table) -> pl.DataFrame:
     out = pl.from_arrow(table)
     assert isinstance(out, pl.DataFrame)
@@ -1964,7 +1971,7 @@ def _by_requested_time(table: pa.Table) -> pa.Table:
         return table
     if not any(pa.types.is_string_view(f.type) for f in table.schema):
         return table.take(pc.sort_indices(col))
-    ordered = _frame(table).sort("requested_at", maintain_order=True)
+    ordered = _frame_of(table).sort("requested_at", maintain_order=True)
     return _arrow_views(ordered).cast(table.schema)
 
 
