@@ -971,8 +971,10 @@ class ParquetTrackingStore(RetriedReads):
         gateway ids); record frames (``list_records``, ``get``, exports) never show it.
         """
         scope = _window_days(flt)
-        base = self._scan_current(scope, flag=True)
+        # the watermark first, the files after: a fold that lands in between wrote its
+        # files before it moved the watermark, so each of its rows is listed or in the delta
         found = self._delta(scope)
+        base = self._scan_current(scope, flag=True)
         if found is None:
             return base
         seq = pl.col("seq")
@@ -989,6 +991,8 @@ class ParquetTrackingStore(RetriedReads):
         return pl.concat([kept, later, _flagged(found.last.lazy())], how="vertical_relaxed")
 
     def _open(self) -> pl.LazyFrame:
+        pending_days = self._entered_days()
+        found = self._delta(pending_days, beyond=True)  # before the file: see current()
         path = self.paths.open_file()
         if path.exists():
             base = pl.scan_parquet(
@@ -1000,8 +1004,6 @@ class ParquetTrackingStore(RetriedReads):
             )
         else:
             base = pl.LazyFrame(schema={**POLARS_SCHEMA, CURRENT_PARTITION: pl.Date})
-        pending_days = self._entered_days()
-        found = self._delta(pending_days, beyond=True)
         if found is None:
             return base
         delta = found.last

@@ -17,7 +17,12 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kmsg_analytics import DeliveryTrackingService, InMemoryTrackingStore, ParquetTrackingStore
+from kmsg_analytics import (
+    DeliveryTrackingService,
+    InMemoryTrackingStore,
+    ParquetTrackingStore,
+    RecordFilter,
+)
 from kmsg_analytics._doctor import check_lake
 from tests._helpers import Gateway, quiet_lake, record_answers, send_pair
 from tests._model import TEST_KEY
@@ -289,3 +294,38 @@ def test_inside_a_bulk_block_answers_as_in_memory(
         assert _answers(svc) == want
     finally:
         lake.close()
+
+
+def test_a_fold_between_listing_the_files_and_reading_the_watermark_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """A fold that writes a new day's file and moves the watermark while a query starts.
+
+    The query must read the watermark before it lists ``current/``: a file listed
+    first misses a day the fold then creates, and the watermark read after it says
+    that day's snapshots are folded, so they would be counted nowhere.
+    """
+    writer = quiet_lake(tmp_path / "lake")
+    svc = DeliveryTrackingService([Gateway()], store=writer)
+    svc.record_send(*send_pair("old", DAY0))
+    writer.flush()
+    writer.compact()
+    for i in range(5):  # a day current/ does not have yet
+        svc.record_send(*send_pair(f"new-{i}", DAY0 + timedelta(days=3)))
+    writer.flush()
+    reader = quiet_lake(tmp_path / "lake")
+    assert reader.count_records(RecordFilter()) == 6
+    listing = reader._current_files
+    folded = []
+
+    def list_then_fold() -> list[str]:
+        files = listing()
+        if not folded:  # the writer's fold lands right after the reader's listing
+            folded.append(writer.compact())
+        return files
+
+    reader._current_files = list_then_fold  # type: ignore[method-assign]
+    assert reader.count_records(RecordFilter()) == 6
+    assert folded
+    reader.close()
+    writer.close()
