@@ -486,9 +486,7 @@ def op_write(name: str, impl: str, work: Path, k: int, args: dict[str, Any]) -> 
             extra["items"] = m
         elif name in ("load_records", "load_records_numbers", "load_records_folded"):
             m = args["load_rows"]
-            frame = synthetic_records(
-                m, seed=args["seed"] + 2, hash_key=KEY, with_numbers=name.endswith("numbers")
-            )
+            frame = load_frame(work, m, args["seed"] + 2, numbers=name.endswith("numbers"))
             # folded: into an empty lake with the default compact_rows, so that the load
             # folds before it returns (a first import: history batch plus current files)
             fold = {} if name.endswith("folded") else {"compact_rows": 10**12}
@@ -513,6 +511,27 @@ def op_write(name: str, impl: str, work: Path, k: int, args: dict[str, Any]) -> 
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return {"cold": runs[0], "times": runs[1:], **extra}
+
+
+def load_frame(work: Path, m: int, seed: int, *, numbers: bool) -> pl.DataFrame:
+    """The records to load, read from a file made once by another process.
+
+    Generating them peaks at ~1.2 GB for 1M records (the generator's buffers), more than
+    the frame holds (~0.4 GB): a worker that generated its frame would report that peak
+    whatever it then did with the frame.
+    """
+    path = work / f"load_frame_{m}_{seed}_{int(numbers)}.parquet"
+    if not path.exists():
+        cmd = [sys.executable, __file__, "_frame", str(path), str(m), str(seed), str(int(numbers))]
+        subprocess.run(cmd, check=True)
+    return pl.read_parquet(path)
+
+
+def write_frame(path: Path, m: int, seed: int, numbers: bool) -> None:
+    frame = synthetic_records(m, seed=seed, hash_key=KEY, with_numbers=numbers)
+    staged = path.with_suffix(".tmp")
+    frame.write_parquet(staged, compression="lz4")
+    os.replace(staged, path)
 
 
 # --------------------------------------------------------------------------- compaction
@@ -837,6 +856,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_worker":
         worker(argv[1:])
+        return 0
+    if argv and argv[0] == "_frame":
+        path, m, seed, numbers = argv[1:5]
+        write_frame(Path(path), int(m), int(seed), numbers == "1")
         return 0
     if argv and argv[0] == "_build":
         w, n, chunk, seed, delta_rows = argv[1:6]

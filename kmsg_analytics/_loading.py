@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Final
 
 import orjson
 import polars as pl
@@ -16,9 +16,16 @@ from ._phone import HashKey
 from ._records import DEFAULT_RETENTION_CLASS, DELIVERY_STATUSES, MESSAGE_TYPES, RETENTION_CLASSES
 from ._schema import POLARS_SCHEMA, SNAPSHOT_SCHEMA
 
-__all__ = ["frame_to_table", "hash_numbers"]
+__all__ = ["LOAD_SCHEMA", "frame_to_table", "hash_numbers"]
 
 _TS = pl.Datetime("us", "UTC")
+#: :data:`SNAPSHOT_SCHEMA` with its text columns as string views, the type Polars holds
+#: text in: a frame becomes Arrow without copying a string (Parquet stores either type
+#: as the same strings). Text inside the ``last_error`` struct stays plain: pyarrow's
+#: Parquet writer cannot slice views there (a small column).
+LOAD_SCHEMA: Final = pa.schema(
+    [f.with_type(pa.string_view()) if f.type == pa.string() else f for f in SNAPSHOT_SCHEMA]
+)
 _TIME_COLUMNS = (
     "requested_at", "scheduled_at", "sent_at", "delivered_at", "failed_at",
     "status_updated_at", "last_checked_at", "next_check_at",
@@ -113,14 +120,31 @@ def _value_checks(frame: pl.DataFrame) -> list[_Check]:
     return checks
 
 
-def _run_checks(frame: pl.DataFrame, checks: list[_Check]) -> None:
-    """Evaluate every check in one pass; raise for the first that fails, naming the row."""
-    if not checks or frame.is_empty():
+def _run_checks(
+    frame: pl.DataFrame, checks: list[_Check], json_columns: Sequence[str] = ()
+) -> None:
+    """Evaluate every check in one pass; raise for the first that fails, naming the row.
+
+    The values of ``json_columns`` (JSON text columns, see :func:`_json_text`) are
+    checked first, their distinct values gathered in the same pass.
+    """
+    if frame.is_empty() or not (checks or json_columns):
         return
-    hits = frame.select(
-        [bad.fill_null(False).any().alias(str(i)) for i, (_f, bad, _e) in enumerate(checks)]
+    gathered = [
+        e
+        for name in json_columns
+        for e in (
+            pl.col(name).str.len_bytes().max().alias(f"__bytes_{name}"),
+            pl.col(name).drop_nulls().unique().implode().alias(f"__values_{name}"),
+        )
+    ]
+    row = frame.select(
+        *gathered,
+        *(bad.fill_null(False).any().alias(str(i)) for i, (_f, bad, _e) in enumerate(checks)),
     ).row(0)
-    for hit, (field, bad, expected) in zip(hits, checks, strict=True):
+    for i, name in enumerate(json_columns):
+        _check_json_values(frame, name, row[2 * i], row[2 * i + 1])
+    for hit, (field, bad, expected) in zip(row[len(gathered) :], checks, strict=True):
         if hit:
             _first_bad(frame, bad, field, expected)
 
@@ -176,18 +200,29 @@ def _parse_json(text: str) -> Any:
         return json.loads(text)
 
 
-def _check_json_column(frame: pl.DataFrame, name: str) -> None:
-    """Every value of a JSON text column is at most 1 MB and parses (metadata: an object)."""
-    col = frame.get_column(name)
-    if col.dtype == pl.Null or (name == "metadata" and isinstance(col.dtype, pl.Struct)):
-        return
-    if col.dtype != pl.String:
-        raise InvalidRecordError(name, str(col.dtype), "a column of JSON text")
-    big = col.str.len_bytes() > _MAX_JSON_BYTES
-    if big.any():
-        size = col.filter(big).str.len_bytes()[0]
+def _json_text(frame: pl.DataFrame, name: str) -> bool:
+    """Whether ``name`` is a JSON text column whose values need checking (its type is)."""
+    dtype = frame.schema[name]
+    if dtype == pl.Null or (name == "metadata" and isinstance(dtype, pl.Struct)):
+        return False
+    if dtype != pl.String:
+        raise InvalidRecordError(name, str(dtype), "a column of JSON text")
+    return True
+
+
+def _check_json_values(
+    frame: pl.DataFrame, name: str, most_bytes: int | None, values: Sequence[str] | None
+) -> None:
+    """The values of a JSON text column: at most 1 MB each, and they parse (metadata: an object).
+
+    ``most_bytes`` is the column's longest value in bytes and ``values`` its distinct
+    values (gathered by :func:`_run_checks`).
+    """
+    if most_bytes is not None and most_bytes > _MAX_JSON_BYTES:
+        col = frame.get_column(name)
+        size = col.filter(col.str.len_bytes() > _MAX_JSON_BYTES).str.len_bytes()[0]
         raise InvalidRecordError(name, f"<{size} bytes>", "at most 1 MB of JSON")
-    for text in col.drop_nulls().unique().to_list():  # distinct values only
+    for text in values or ():  # distinct values only
         try:
             value = _parse_json(text)
         except ValueError:
@@ -200,6 +235,10 @@ def frame_to_table(
     source: Any, key: HashKey, *, keep_numbers: bool, cipher: NumberCipher | None = None
 ) -> pa.Table:
     """Validate a frame of records and return it as an Arrow table in lake form.
+
+    The table has the lake's columns (:data:`SNAPSHOT_SCHEMA`'s names, nullability and
+    values) with text as string views (:data:`LOAD_SCHEMA`): Polars's strings as they
+    are, not copied. ``table.cast(SNAPSHOT_SCHEMA)`` gives plain strings.
 
     Raises :class:`InvalidRecordError` naming the column, the first bad value and its
     ``message_id``.
@@ -230,14 +269,22 @@ def frame_to_table(
     counts = frame.schema.get("attempt_count")
     if counts is not None and not (counts.is_integer() or counts == pl.Null):
         raise InvalidRecordError("attempt_count", str(counts), "a column of whole numbers")
-    for name in ("metadata", "raw"):  # JSON text, at most 1 MB a value, like record_send's
+    # JSON text, at most 1 MB a value, like record_send's: checked before the others,
+    # a column's values before the next column's type (in the pass of the other checks)
+    json_columns: list[str] = []
+    for name in ("metadata", "raw"):
         if name in frame.columns:
-            _check_json_column(frame, name)
+            try:
+                if _json_text(frame, name):
+                    json_columns.append(name)
+            except InvalidRecordError:
+                _run_checks(frame, [], json_columns)
+                raise
     checks = _value_checks(frame)
     try:
         times = {n: _as_time(frame, n) for n in _TIME_COLUMNS if n in frame.columns}
     except InvalidRecordError:
-        _run_checks(frame, checks)  # a bad value before a bad column type, as listed
+        _run_checks(frame, checks, json_columns)  # a bad value before a bad column type
         raise
     numbers = [
         (number, prefix)
@@ -277,7 +324,7 @@ def frame_to_table(
     if "attempt_count" in frame.columns:
         count = pl.col("attempt_count")
         checks.append(("attempt_count", (count < 0) | (count >= 2**31), "a whole number >= 0"))
-    _run_checks(frame, checks)  # one pass over the frame for every check
+    _run_checks(frame, checks, json_columns)  # one pass over the frame for every check
     frame = frame.drop(list(times)).rename({f"__{n}": n for n in times})
 
     cols: dict[str, pl.Expr] = {}
@@ -339,7 +386,7 @@ def frame_to_table(
                 for n, dtype in POLARS_SCHEMA.items()
             ]
         )
-        return _to_arrow(out).cast(SNAPSHOT_SCHEMA)
+        return out.to_arrow(compat_level=pl.CompatLevel.newest()).cast(LOAD_SCHEMA)
     except (pl.exceptions.PolarsError, pa.ArrowException, ValueError):
         for n, dtype in POLARS_SCHEMA.items():  # name the column that does not fit
             if n in frame.columns:
@@ -352,19 +399,3 @@ def frame_to_table(
                         n, str(frame.schema[n]), f"a column of {dtype} values{nulls}"
                     ) from None
         raise
-
-
-#: frames of this many rows are turned into Arrow on two threads (Polars copies each
-#: string column out of its views, outside the GIL)
-_PARALLEL_ROWS = 200_000
-
-
-def _to_arrow(frame: pl.DataFrame) -> pa.Table:
-    """``frame`` as an Arrow table; a large one converted in two halves at once."""
-    if frame.height < _PARALLEL_ROWS:
-        return frame.to_arrow()
-    half = frame.height // 2
-    with ThreadPoolExecutor(1, "kmsg-to-arrow") as pool:
-        second = pool.submit(frame.slice(half).to_arrow)
-        first = frame.slice(0, half).to_arrow()
-        return pa.concat_tables([first, second.result()])
