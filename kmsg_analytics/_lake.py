@@ -296,7 +296,7 @@ class ParquetTrackingStore(RetriedReads):
         # of its ids, which say without reading it whether a file can hold an id
         self._id_index: dict[str, _IdIndex] = {}
         # footers read: (size, mtime) -> whether the file carries the gateway flag
-        self._footers_ok: dict[str, tuple[tuple[int, int], bool]] = {}
+        self._footers_ok: dict[str, tuple[tuple[int, int, int], bool]] = {}
         self._flags = True  # whether folds write the gateway flag (format 2; set per fold)
         self.init()
         _open_stores.add(self)
@@ -732,7 +732,7 @@ class ParquetTrackingStore(RetriedReads):
     def _check_footers(self, files: Sequence[str]) -> set[str]:
         """Fail early, naming the file, when a file a query will read has no valid footer.
 
-        Each file's footer is read once per (size, mtime); later calls cost one ``stat``.
+        Each file's footer is read once per (size, mtime, inode); later calls cost one ``stat``.
         Returns those of ``files`` that carry :data:`GATEWAY_FLAG` (as the footer says).
         """
         flagged: set[str] = set()
@@ -916,7 +916,7 @@ class ParquetTrackingStore(RetriedReads):
     def _files_holding(self, ids: pl.Series) -> list[str]:
         """The files of ``current/`` that may hold one of ``ids``.
 
-        A file is read once per (size, mtime) into an index: its ``message_id`` range
+        A file is read once per (size, mtime, inode) into an index: its ``message_id`` range
         (footer statistics) and the sorted 64-bit hashes of its ids (8 bytes per row).
         A file can hold an id when the id is in its range and its hash among the
         file's; a hash collision only costs a read. A file that cannot be read is left
@@ -1675,13 +1675,17 @@ def _on_days(files: Sequence[str], days: Iterable[date]) -> list[str]:
     return [f for f in files if os.path.basename(os.path.dirname(f)) in folders]
 
 
-def _stamp(name: str) -> tuple[int, int] | None:
-    """A file's (size, mtime): what the per-file caches are keyed by (``None``: gone)."""
+def _stamp(name: str) -> tuple[int, int, int] | None:
+    """A file's (size, mtime, inode): what the per-file caches are keyed by (``None``: gone).
+
+    Files are replaced by a rename, so a new version has a new inode even when its size
+    and modification time (a few milliseconds apart, on a coarse clock) are the same.
+    """
     try:
         st = os.stat(name)
     except FileNotFoundError:
         return None
-    return (st.st_size, st.st_mtime_ns)
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _id_hashes(ids: pl.Series) -> np.ndarray[Any, Any]:
@@ -1693,13 +1697,13 @@ def _id_hashes(ids: pl.Series) -> np.ndarray[Any, Any]:
 class _IdIndex:
     """What a lookup by id needs to know of one ``current/`` file without reading it."""
 
-    stamp: tuple[int, int]
+    stamp: tuple[int, int, int]
     first: str | None
     last: str | None
     hashes: np.ndarray[Any, Any]  # sorted
 
     @classmethod
-    def of(cls, name: str, stamp: tuple[int, int]) -> _IdIndex:
+    def of(cls, name: str, stamp: tuple[int, int, int]) -> _IdIndex:
         with pq.ParquetFile(name) as file:  # one open: the footer, then the ids
             first, last = _id_range(file.metadata)
             column = file.read(columns=["message_id"]).column(0)
