@@ -2,22 +2,20 @@
 
 Tables are written here with plain ``sqlite3`` (and ``psycopg`` for PostgreSQL) in the
 shapes k-msg's ``sql-schema.ts`` generates; the importer reads them through Ibis. The
-PostgreSQL tests start a real server from the system's binaries (Debian:
-``apt-get install postgresql``) in a temporary directory on 127.0.0.1 and skip, saying
-so, only where no PostgreSQL is installed.
+PostgreSQL tests use the real server ``.ci/run`` starts (``tests/_pg_server.py``: k-msg's
+table with the fixture's rows, ``$KMSG_TEST_POSTGRES_URL``), or start one the same way
+from the system's binaries (Debian: ``apt-get install postgresql``) in a temporary
+directory on 127.0.0.1, and skip, saying so, only where no PostgreSQL is installed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import json
 import os
-import shutil
-import socket
 import sqlite3
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +34,7 @@ from kmsg_analytics._kmsg_import import (
     read_source_state,
 )
 from kmsg_analytics._records import TrackingRecord
+from tests import _pg_server as pg_server
 from tests._helpers import KMSG_FIXTURES
 from tests._model import TEST_KEY, hash_number
 
@@ -1000,108 +999,47 @@ def test_mysql_without_its_ibis_backend_says_what_to_install(lake_path: Path) ->
 # --------------------------------------------------------------------------- PostgreSQL
 
 
-def _postgres_bin() -> Path | None:
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(os.path.realpath(found)).parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    return Path(candidates[-1]).parent if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL server on 127.0.0.1 (its data in a temporary directory)."""
+def postgres_fixture() -> Iterator[str]:
+    """The ``kmsg`` database of a PostgreSQL server: k-msg's table with the fixture's rows.
+
+    The server ``.ci/run`` started (``$KMSG_TEST_POSTGRES_URL``, see ``tests/_pg_server.py``),
+    else one started here in a temporary directory on 127.0.0.1.
+    """
     pytest.importorskip("psycopg", reason="psycopg missing: pip install 'ibis-framework[postgres]'")
     pytest.importorskip("ibis.backends.postgres")
-    bindir = _postgres_bin()
+    given = os.environ.get(pg_server.URL_VARIABLE)
+    if given:
+        try:
+            pg_server.load_kmsg_fixture(given)  # (already there: left as it is)
+        except Exception as err:
+            pytest.fail(f"${pg_server.URL_VARIABLE} is {given!r}, which cannot be used: {err}")
+        yield given
+        return
+    bindir = pg_server.postgres_bin()
     if bindir is None or not (bindir / "initdb").exists():
         pytest.skip("no PostgreSQL server binaries (pg_ctl/initdb): apt-get install postgresql")
-    run_as: dict[str, int] = {}
-    if os.geteuid() == 0:  # initdb refuses root: run the server as an unprivileged user
-        import pwd
-
-        for name in ("postgres", "nobody"):
-            with contextlib.suppress(KeyError):
-                pw = pwd.getpwnam(name)
-                run_as = {"user": pw.pw_uid, "group": pw.pw_gid}
-                break
     base = Path(tempfile.mkdtemp(prefix="kmsg-pg-"))
-    if run_as:
-        os.chown(base, run_as["user"], run_as["group"])
-    data, log = base / "data", base / "server.log"
-    port = _free_port()
-
-    def pg(*args: str) -> None:
-        subprocess.run(
-            [str(bindir / args[0]), *args[1:]],
-            check=True,
-            capture_output=True,
-            timeout=120,
-            user=run_as.get("user"),
-            group=run_as.get("group"),
-        )
-
     try:
-        pg(
-            "initdb",
-            "-D",
-            str(data),
-            "-U",
-            "kmsg",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        )
-        options = f"-p {port} -h 127.0.0.1 -k {base} -c fsync=off -c full_page_writes=off"
-        pg("pg_ctl", "-D", str(data), "-l", str(log), "-w", "-o", options, "start")
+        url = pg_server.start_with_fixture(base)
     except subprocess.CalledProcessError as err:
-        shutil.rmtree(base, ignore_errors=True)
         pytest.fail(f"could not start PostgreSQL: {err.stderr!r} {err.stdout!r}")
     try:
-        import psycopg
-
-        with psycopg.connect(f"postgresql://kmsg@127.0.0.1:{port}/postgres", autocommit=True) as c:
-            c.execute("CREATE DATABASE kmsg")
-        yield f"postgresql://kmsg@127.0.0.1:{port}/kmsg"
+        yield url
     finally:
-        with contextlib.suppress(Exception):
-            pg("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop")
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def _pg_execute(url: str, sql: str, rows: Sequence[Sequence[Any]] = ()) -> None:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as con, con.cursor() as cur:
-        if rows:
-            cur.executemany(sql, rows)
-        else:
-            cur.execute(sql)
+        pg_server.stop(base)
 
 
 @pytest.fixture(scope="session")
-def postgres_fixture(postgres_url: str) -> str:
-    """k-msg's PostgreSQL table (ddl-postgres.sql) holding the fixture database's rows."""
-    if not FIXTURE_DB.is_file():
-        pytest.skip(f"k-msg fixtures not found at {FIXTURES}")
-    _pg_execute(postgres_url, (FIXTURES / "ddl-postgres.sql").read_text(encoding="utf-8"))
-    con = sqlite3.connect(f"file:{FIXTURE_DB}?mode=ro", uri=True)
-    cur = con.execute("SELECT * FROM kmsg_delivery_tracking")
-    names = [d[0] for d in cur.description]
-    rows = cur.fetchall()
-    con.close()
-    cols = ", ".join(f'"{n}"' for n in names)
-    marks = ", ".join("%s::jsonb" if n in ("last_error", "metadata") else "%s" for n in names)
-    _pg_execute(postgres_url, f"INSERT INTO kmsg_delivery_tracking ({cols}) VALUES ({marks})", rows)
-    return postgres_url
+def postgres_url(postgres_fixture: str) -> Iterator[str]:
+    """A fresh, empty database on that server, for tests that write tables of their own."""
+    root = postgres_fixture.rsplit("/", 1)[0]
+    name = f"scratch_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    pg_server.create_database(f"{root}/postgres", name)
+    try:
+        yield f"{root}/{name}"
+    finally:
+        pg_server.drop_database(f"{root}/postgres", name)
 
 
 def _comparable(lake: Path) -> pl.DataFrame:
@@ -1133,7 +1071,7 @@ def test_postgres_native_timestamps_jsonb_uuid_ids_and_updates(
 ) -> None:
     """k-msg's typeStrategy {messageId: 'uuid', timestamp: 'date'}: UUID and TIMESTAMPTZ."""
     table = "kmsg_date_strategy"
-    _pg_execute(
+    pg_server.execute(
         postgres_url,
         f"""
         DROP TABLE IF EXISTS "{table}";
@@ -1160,7 +1098,7 @@ def test_postgres_native_timestamps_jsonb_uuid_ids_and_updates(
         )
         for i, mid in enumerate(ids)
     ]  # fmt: skip
-    _pg_execute(
+    pg_server.execute(
         postgres_url,
         f'INSERT INTO "{table}" (message_id, provider_id, provider_message_id, type, "to", '
         '"from", status, requested_at, status_updated_at, next_check_at, metadata, raw) '
@@ -1179,7 +1117,7 @@ def test_postgres_native_timestamps_jsonb_uuid_ids_and_updates(
     assert first.metadata == {"custom_fields": {"tenantId": "t1"}}
     assert first.raw == {"vendor": {"code": 3}}
     assert run(postgres_url, lake, table=table).appended == 0
-    _pg_execute(
+    pg_server.execute(
         postgres_url,
         f"UPDATE \"{table}\" SET status='DELIVERED', delivered_at=%s, status_updated_at=%s "
         "WHERE message_id=%s",
@@ -1194,7 +1132,7 @@ def test_postgres_reimport_reads_only_rows_written_since_the_watermark(
     postgres_url: str, tmp_path: Path
 ) -> None:
     table = "kmsg_watermark"
-    _pg_execute(
+    pg_server.execute(
         postgres_url,
         f"""
         DROP TABLE IF EXISTS "{table}";
@@ -1208,7 +1146,7 @@ def test_postgres_reimport_reads_only_rows_written_since_the_watermark(
     )
     old = T0_DT - timedelta(days=1)
     rows = [(f"m{i}", old) for i in range(8)] + [("z", T0_DT)]
-    _pg_execute(
+    pg_server.execute(
         postgres_url,
         f'INSERT INTO "{table}" (message_id, provider_id, provider_message_id, type, "to", '
         "status, requested_at, status_updated_at, next_check_at) "
@@ -1218,7 +1156,7 @@ def test_postgres_reimport_reads_only_rows_written_since_the_watermark(
     lake = tmp_path / "lake"
     assert run(postgres_url, lake, table=table).new == 9
     assert run(postgres_url, lake, table=table).fetched == 1
-    _pg_execute(
+    pg_server.execute(
         postgres_url,
         f"UPDATE \"{table}\" SET attempt_count=1, last_checked_at=%s WHERE message_id='m3'",
         [(T0_DT + timedelta(minutes=1),)],
