@@ -171,8 +171,11 @@ def _sorted_snapshots(
         hashed = unique.result()
     if not hashed:
         del values
-        yield _checked(_sorted(_snapshot_rows(snaps, by, ages_us, now, rate, mid)))
+        out = _sorted(_snapshot_rows(snaps, by, ages_us, now, rate, mid))
+        _check_packed(out.get_column("__p"))
+        yield out
         return
+    _check_packed(values.get_column("__k"))  # (before the parts: their cuts drop nulls)
     k = pl.col("__k")
     step = (1 << 63) // _SORT_PARTS  # keys are 63-bit: parts are ranges of the top bits
     for part in range(_SORT_PARTS):
@@ -182,7 +185,7 @@ def _sorted_snapshots(
             if part == _SORT_PARTS - 1
             else k.is_between(lo, (part + 1) * step * _HALF, "left")
         )
-        yield _checked(
+        yield (
             values.lazy()
             .filter(cut)
             .sort("__k")
@@ -195,12 +198,11 @@ def _sorted_snapshots(
         )
 
 
-def _checked(rows: pl.DataFrame) -> pl.DataFrame:
-    """``rows``, refused when a packed integer is null (a seq the packing cannot hold)."""
-    if rows.get_column("__p").null_count():  # pragma: no cover - 17 trillion snapshots
+def _check_packed(packed: pl.Series) -> None:
+    """Refuse a null packed integer: a snapshot with a seq the packing cannot hold."""
+    if packed.null_count():  # pragma: no cover - 17 trillion snapshots
         msg = f"a snapshot with no seq or one outside 0..{_SEQ_LIMIT - 1} (44 bits, packed)"
         raise ValueError(msg)
-    return rows
 
 
 def _unique_key(ids: pl.LazyFrame, key: pl.Expr) -> bool:

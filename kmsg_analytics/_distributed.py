@@ -186,10 +186,11 @@ def lake_table(
 ) -> ir.Table:
     """The current records of a lake as an Ibis table on the backend ``con``.
 
-    The compacted ``current/`` rows (those at or below the watermark) plus the
-    snapshots past the watermark, reduced to each message's current state by the
-    store's rule (:func:`kmsg_analytics._metrics.ibis_latest`: highest ``seq``, a
-    ``send`` never beating another kind). When the watermark has caught up, the
+    The compacted ``current/`` rows (those at or below the watermark, and rows a fold
+    wrote after the files were listed) plus the snapshots past the watermark, reduced
+    to each message's current state by the store's rule
+    (:func:`kmsg_analytics._metrics.ibis_latest`: highest ``seq``, a ``send`` never
+    beating another kind). When the watermark has caught up, the
     ``current/`` files are read as they are. ``columns`` are the record columns to
     keep (``message_id``, ``seq`` and ``snapshot_kind`` are always read).
 
@@ -213,9 +214,14 @@ def lake_table(
     current = _scan(con, files.current, wanted)
     if not files.delta:
         return current.select(*columns)
-    base = current.filter(current["seq"] <= files.watermark)
     delta = _scan(con, files.delta, wanted)
     delta = delta.filter(delta["seq"] > files.watermark)
+    # rows past the watermark in current/ were written by a fold after the files were
+    # listed (or by one that died): a message's row there stands unless the delta has
+    # the message (that fold may have taken its older row away); usually there are none
+    later = current.filter(current["seq"] > files.watermark)
+    later = later.anti_join(delta.select("message_id"), "message_id")
+    base = current.filter(current["seq"] <= files.watermark).union(later)
     return m.ibis_latest(base.union(delta)).select(*columns)
 
 

@@ -248,6 +248,36 @@ def test_lake_table_follows_the_store_in_every_state(tmp_path: Path) -> None:
     store.close()
 
 
+def test_lake_table_loses_nothing_to_a_fold_after_the_files_were_listed(
+    tmp_path: Path,
+) -> None:
+    """The files are listed, then a patch is folded before the engine reads them.
+
+    a was folded (watermark w); b waits past w. The fold rewrites a's day with a's new
+    row (seq past w, not in the listed delta): it must stand in for the row it replaced.
+    """
+    import ibis
+
+    from kmsg_analytics import DeliveryTrackingService
+    from tests._helpers import Gateway, send_pair
+
+    con = ibis.duckdb.connect(threads=1)
+    store = ParquetTrackingStore(tmp_path / "lake", hash_key=KEY, compact_rows=10**12)
+    svc = DeliveryTrackingService([Gateway()], store=store)
+    svc.record_send(*send_pair("a", START + timedelta(days=1)))
+    store.compact(history=False)
+    svc.record_send(*send_pair("b", START + timedelta(days=2)))
+    store.flush()
+    files = lake_files(store)
+    assert files.delta
+    store.patch("a", {"status": "FAILED"})
+    store.compact(history=False)
+    got = fetch(con, lake_table(con, files)).sort("message_id")
+    assert got.get_column("message_id").to_list() == ["a", "b"]
+    assert got.get_column("status").to_list()[0] == "FAILED"
+    store.close()
+
+
 def test_report_arguments_are_checked(tmp_path: Path) -> None:
     import ibis
 
