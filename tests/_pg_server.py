@@ -168,8 +168,8 @@ def load_kmsg_fixture(url: str) -> int:
 
 def start_with_fixture(base: Path) -> str:
     """Start a server in ``base``, load the fixture into its ``kmsg`` database; its URL."""
-    server = start(base)
     try:
+        server = start(base)
         create_database(server.url("postgres"), "kmsg")
         load_kmsg_fixture(server.url("kmsg"))
     except BaseException:
@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         url = start_with_fixture(args.dir)
-    except (FileNotFoundError, subprocess.CalledProcessError) as err:
+    except (FileNotFoundError, subprocess.SubprocessError) as err:
         detail = getattr(err, "stderr", b"") or b""
         print(f"could not start PostgreSQL: {err} {detail.decode(errors='replace')}",
               file=sys.stderr)  # fmt: skip

@@ -1022,8 +1022,9 @@ def postgres_fixture() -> Iterator[str]:
     base = Path(tempfile.mkdtemp(prefix="kmsg-pg-"))
     try:
         url = pg_server.start_with_fixture(base)
-    except subprocess.CalledProcessError as err:
-        pytest.fail(f"could not start PostgreSQL: {err.stderr!r} {err.stdout!r}")
+    except subprocess.SubprocessError as err:
+        detail = (getattr(err, "stderr", None), getattr(err, "stdout", None))
+        pytest.fail(f"could not start PostgreSQL: {err} {detail!r}")
     try:
         yield url
     finally:
@@ -1032,7 +1033,10 @@ def postgres_fixture() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def postgres_url(postgres_fixture: str) -> Iterator[str]:
-    """A fresh, empty database on that server, for tests that write tables of their own."""
+    """A database of this test session on that server, for tests that write tables of their own.
+
+    Created empty and dropped at the end of the session (each test names its own tables).
+    """
     root = postgres_fixture.rsplit("/", 1)[0]
     name = f"scratch_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     pg_server.create_database(f"{root}/postgres", name)
