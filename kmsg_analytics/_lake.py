@@ -292,10 +292,10 @@ class ParquetTrackingStore(RetriedReads):
         # rows of current/ (any day) of resent messages, looked up by id: (watermark, ids
         # looked up, rows found); kept until the next fold, so each id is looked up once
         self._far: tuple[int, pl.DataFrame, pl.DataFrame] | None = None
-        # per current/ file and (size, mtime): its message_id range and the sorted hashes
+        # per current/ file and (size, mtime, inode): its message_id range and the sorted hashes
         # of its ids, which say without reading it whether a file can hold an id
         self._id_index: dict[str, _IdIndex] = {}
-        # footers read: (size, mtime) -> whether the file carries the gateway flag
+        # footers read: (size, mtime, inode) -> whether the file carries the gateway flag
         self._footers_ok: dict[str, tuple[tuple[int, int, int], bool]] = {}
         self._flags = True  # whether folds write the gateway flag (format 2; set per fold)
         self.init()
