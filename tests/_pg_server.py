@@ -99,13 +99,19 @@ def start(base: Path) -> Server:
     run_as = _run_as()
     if run_as:
         os.chown(base, run_as["user"], run_as["group"])
-    port = _free_port()
     data = base / "data"
     init = ["initdb", "-D", str(data), "-U", _USER, "--auth=trust", "-E", "UTF8", "--locale=C"]
     _pg(bindir, *init, "--no-sync")
-    options = f"-p {port} -h 127.0.0.1 -k {base} -c fsync=off -c full_page_writes=off"
-    _pg(bindir, "pg_ctl", "-D", str(data), "-l", str(base / "server.log"), "-w", "-o", options,
-        "start")  # fmt: skip
+    for attempt in range(3):  # the free port may be taken before the server binds it
+        port = _free_port()
+        options = f"-p {port} -h 127.0.0.1 -k {base} -c fsync=off -c full_page_writes=off"
+        try:
+            _pg(bindir, "pg_ctl", "-D", str(data), "-l", str(base / "server.log"), "-w",
+                "-o", options, "start")  # fmt: skip
+            break
+        except subprocess.CalledProcessError:
+            if attempt == 2:
+                raise
     (base / "port").write_text(str(port))
     return Server(base, port)
 
