@@ -109,7 +109,7 @@ def _extract(context: Any, result: Any) -> tuple[Any, ...]:
     codes = _warning_codes(warnings)
     meta: str | None = None
     alimtalk = rtype == "ALIMTALK" or typ == "ALIMTALK"
-    if custom or alimtalk or failover is not None:
+    if custom is not None or alimtalk or failover is not None:
         meta = _metadata(custom, failover, codes, alimtalk=alimtalk)
     return (
         mid,
@@ -151,8 +151,9 @@ def _warning_codes(warnings: Any) -> list[str]:
 
 def _metadata(custom: Any, failover: Any, codes: list[str], *, alimtalk: bool) -> str:
     meta: dict[str, Any] = {}
-    if custom:
-        meta["custom_fields"] = _custom_fields(custom)  # validated and JSON-safe
+    custom = None if custom is None else _custom_fields(custom)  # validated, JSON-safe
+    if custom:  # (an empty mapping is not kept, as in a single send)
+        meta["custom_fields"] = custom
     fo = coerce_failover(failover)
     if alimtalk:
         request = {} if fo is None else {
@@ -456,8 +457,9 @@ def _frame_of(dicts: list[dict[str, Any]]) -> pl.DataFrame:
             values = list(map(itemgetter(key), dicts))
         except KeyError:  # as many keys, other names
             raise _Fallback from None
-        if key in _EXTRA_KEYS:
-            flags = [v is not None and not (type(v) is list and not v) for v in values]
+        if key in _EXTRA_KEYS:  # anything but None is read (and checked) by Python,
+            empty_ok = key == "warnings"  # except an empty list of warnings
+            flags = [v is not None and not (empty_ok and type(v) is list and not v) for v in values]
             columns.append(pl.Series(key, flags, pl.Boolean))
         elif key in _NESTED and all(type(v) is dict for v in values):
             columns.append(_frame_of(values).to_struct(key))

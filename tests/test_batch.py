@@ -185,3 +185,40 @@ def test_plain_kmsg_batches_are_read_as_columns(svc: DeliveryTrackingService) ->
     assert frame.equals(_read_rows(pairs, svc.build_record))
     mixed = [*pairs[:2], ({**pairs[2][0], "extra": 1}, pairs[2][1])]  # key sets differ
     assert _read_columnar(mixed, svc.build_record) is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("custom_fields", ""),
+        ("custom_fields", 0),
+        ("custom_fields", False),
+        ("custom_fields", []),
+        ("customFields", []),
+        ("failover", []),
+        ("failover", ""),
+    ],
+)
+def test_falsy_extras_are_refused_in_a_batch_as_in_a_single_send(
+    svc: DeliveryTrackingService, key: str, value: Any
+) -> None:
+    """An empty string or list is no mapping: the batch refuses it as build_record does."""
+
+    def pair(i: int, odd: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        options: dict[str, Any] = {"type": "SMS", "to": "01012345678"}
+        if odd:
+            options[key] = value
+        context = {"messageId": f"x{i}", "timestamp": MS + i, "options": options}
+        result = {"messageId": f"x{i}", "providerId": "solapi", "providerMessageId": f"G{i}",
+                  "type": "SMS", "to": "01012345678"}  # fmt: skip
+        return context, result
+
+    with pytest.raises(InvalidRecordError) as single:
+        svc.build_record(*pair(0, True))
+    before = svc.count_records()
+    for pairs, at in (([pair(0, True)], 0), ([pair(i, True) for i in range(4)], 0),
+                      ([pair(0, False), pair(1, True)], 1)):  # fmt: skip
+        with pytest.raises(InvalidRecordError) as caught:
+            svc.record_sends(pairs)
+        assert caught.value.field == f"pairs[{at}].{single.value.field}", caught.value
+    assert svc.count_records() == before
