@@ -106,6 +106,9 @@ def _extract(context: Any, result: Any) -> tuple[Any, ...]:
         raise _Fallback
     if len(to) > 64 or (frm is not None and len(frm) > 64):
         raise _Fallback
+    requested = _micros(ts)
+    if requested is None:  # no request time: refused (by the single-pair code, precisely)
+        raise _Fallback
     codes = _warning_codes(warnings)
     meta: str | None = None
     alimtalk = rtype == "ALIMTALK" or typ == "ALIMTALK"
@@ -114,7 +117,7 @@ def _extract(context: Any, result: Any) -> tuple[Any, ...]:
     return (
         mid,
         rmid,
-        _micros(ts),
+        requested,
         typ,
         rtype,
         to,
