@@ -109,6 +109,12 @@ def test_columnar_reading_agrees_with_pair_by_pair(
     columnar = _outcome(lambda: _read_columnar(pairs, svc.build_record))
     if columnar[0] == "ok" and columnar[1] is None:  # not for columns: read pair by pair
         return
+    if columnar[0] != rows[0]:
+        # one reading refuses at once what the other leaves to the rules applied after
+        # it (a time out of range, say): the batch is refused all the same (the next
+        # test checks record_sends's error against the single-send one)
+        assert _first_refusal(svc, pairs) is not None, (columnar, rows)
+        return
     assert columnar[0] == rows[0], (columnar, rows)
     if rows[0] == "ok":
         assert columnar[1].equals(rows[1])
