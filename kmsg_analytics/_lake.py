@@ -296,7 +296,7 @@ class ParquetTrackingStore(RetriedReads):
         # of its ids, which say without reading it whether a file can hold an id
         self._id_index: dict[str, _IdIndex] = {}
         # footers read: (size, mtime, inode) -> whether the file carries the gateway flag
-        self._footers_ok: dict[str, tuple[tuple[int, int, int], bool]] = {}
+        self._footers_ok: dict[str, tuple[_Stamp, bool]] = {}
         self._flags = True  # whether folds write the gateway flag (format 2; set per fold)
         self.init()
         _open_stores.add(self)
@@ -1675,8 +1675,12 @@ def _on_days(files: Sequence[str], days: Iterable[date]) -> list[str]:
     return [f for f in files if os.path.basename(os.path.dirname(f)) in folders]
 
 
-def _stamp(name: str) -> tuple[int, int, int] | None:
-    """A file's (size, mtime, inode): what the per-file caches are keyed by (``None``: gone).
+#: A file's (size, mtime, inode): what the per-file caches are keyed by.
+_Stamp = tuple[int, int, int]
+
+
+def _stamp(name: str) -> _Stamp | None:
+    """A file's :data:`_Stamp` (``None``: gone).
 
     Files are replaced by a rename, so a new version has a new inode even when its size
     and modification time (a few milliseconds apart, on a coarse clock) are the same.
@@ -1697,13 +1701,13 @@ def _id_hashes(ids: pl.Series) -> np.ndarray[Any, Any]:
 class _IdIndex:
     """What a lookup by id needs to know of one ``current/`` file without reading it."""
 
-    stamp: tuple[int, int, int]
+    stamp: _Stamp
     first: str | None
     last: str | None
     hashes: np.ndarray[Any, Any]  # sorted
 
     @classmethod
-    def of(cls, name: str, stamp: tuple[int, int, int]) -> _IdIndex:
+    def of(cls, name: str, stamp: _Stamp) -> _IdIndex:
         with pq.ParquetFile(name) as file:  # one open: the footer, then the ids
             first, last = _id_range(file.metadata)
             column = file.read(columns=["message_id"]).column(0)

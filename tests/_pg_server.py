@@ -68,9 +68,8 @@ def _run_as() -> dict[str, int]:
 
 @dataclass(frozen=True)
 class Server:
-    """A started server: its data directory and the URL of its ``postgres`` database."""
+    """A started server, by the port it listens on (127.0.0.1)."""
 
-    base: Path
     port: int
 
     def url(self, database: str) -> str:
@@ -112,8 +111,7 @@ def start(base: Path) -> Server:
         except subprocess.CalledProcessError:
             if attempt == 2:
                 raise
-    (base / "port").write_text(str(port))
-    return Server(base, port)
+    return Server(port)
 
 
 def stop(base: Path) -> None:
